@@ -1,0 +1,147 @@
+"""``chat()``: the Ollama client's ``chat`` function, answered in-process.
+
+    from chatcli import chat
+    response = chat(model='smollm2:135m', messages=[{'role': 'user', 'content': 'Hi'}])
+    print(response.message.content)
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import datetime, timezone
+from typing import Any
+
+from . import options as opts_mod
+from .errors import ChatCliError, NotSupportedError, RequestError
+from .events import ContentDelta, Done
+from .keepalive import parse_keep_alive
+from .loaded import CACHE
+from .models import DEFAULT_MODEL, resolve
+from .responses import ChatResponse, Message
+
+ROLES = ("system", "user", "assistant", "tool")
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def _field(message: Any, name: str) -> Any:
+    if isinstance(message, Mapping):
+        return message.get(name)
+    return getattr(message, name, None)
+
+
+def normalize_messages(messages: Sequence[Any] | None) -> list[dict[str, Any]]:
+    """Check roles and contents; return plain dicts for the chat template."""
+    if messages is None:
+        return []
+    if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
+        raise RequestError("messages must be a list of {'role': ..., 'content': ...} objects")
+    out: list[dict[str, Any]] = []
+    for i, message in enumerate(messages):
+        role = _field(message, "role")
+        if role not in ROLES:
+            raise RequestError(
+                f"message {i} has role {role!r}; roles are: {', '.join(ROLES)}"
+            )
+        content = _field(message, "content")
+        if content is None:
+            content = ""
+        if not isinstance(content, str):
+            raise RequestError(f"message {i}: content must be a string")
+        if _field(message, "images"):
+            raise NotSupportedError("images are not supported yet")
+        if _field(message, "tool_calls"):
+            raise NotSupportedError("tool calls in messages are not supported yet")
+        out.append({"role": role, "content": content})
+    return out
+
+
+def _check_unsupported(format: Any, tools: Any, think: Any) -> None:
+    if format not in (None, ""):
+        raise NotSupportedError("format (JSON mode / JSON schema) is not supported yet")
+    if tools:
+        raise NotSupportedError("tools are not supported yet")
+    if think not in (None, False):
+        raise NotSupportedError("think is not supported yet")
+
+
+def chat(
+    model: str = "",
+    messages: Sequence[Any] | None = None,
+    *,
+    tools: Sequence[Any] | None = None,
+    stream: bool = False,
+    think: bool | str | None = None,
+    format: str | dict | None = None,
+    options: Mapping[str, Any] | None = None,
+    keep_alive: float | str | None = None,
+) -> ChatResponse | Iterator[ChatResponse]:
+    """Answer ``messages`` with ``model``, loading it in this process if needed.
+
+    With ``stream=False`` returns one ``ChatResponse``; with ``stream=True`` an iterator of
+    chunks: ``done=False`` chunks carry ``message.content`` deltas, the last one (``done=True``)
+    carries the metrics. Raises ``ChatCliError`` subclasses for anything the caller got wrong.
+    """
+    start = time.perf_counter_ns()
+    _check_unsupported(format, tools, think)
+    msgs = normalize_messages(messages)
+    opts = opts_mod.validate(options)
+    keep = parse_keep_alive(keep_alive)
+    resolved = resolve(model or DEFAULT_MODEL)
+    if resolved.system and not any(m["role"] == "system" for m in msgs):
+        msgs.insert(0, {"role": "system", "content": resolved.system})
+    chunks = _run(resolved, msgs, opts, keep, start)
+    if stream:
+        return chunks
+    content: list[str] = []
+    final: ChatResponse | None = None
+    for chunk in chunks:
+        if chunk.done:
+            final = chunk
+        else:
+            content.append(chunk.message.content or "")
+    assert final is not None
+    final.message.content = "".join(content)
+    return final
+
+
+def _run(resolved, msgs, opts, keep, start) -> Iterator[ChatResponse]:
+    # Load eagerly so that a bad model fails at the call, not at the first next().
+    entry = CACHE.acquire(resolved, opts)
+    ready = time.perf_counter_ns()
+    name = resolved.name
+
+    def generate() -> Iterator[ChatResponse]:
+        try:
+            with entry.lock:
+                for event in entry.engine.chat(msgs, opts):
+                    if isinstance(event, ContentDelta):
+                        yield ChatResponse(
+                            model=name, created_at=_now(),
+                            message=Message(role="assistant", content=event.text),
+                        )
+                    elif isinstance(event, Done):
+                        m = event.metrics
+                        yield ChatResponse(
+                            model=name,
+                            created_at=_now(),
+                            message=Message(role="assistant", content=""),
+                            done=True,
+                            done_reason=event.done_reason,
+                            total_duration=time.perf_counter_ns() - start,
+                            load_duration=(ready - start) + m.load_duration,
+                            prompt_eval_count=m.prompt_eval_count,
+                            prompt_eval_duration=m.prompt_eval_duration,
+                            eval_count=m.eval_count,
+                            eval_duration=m.eval_duration,
+                            trimmed=event.trimmed,
+                        )
+        except RuntimeError as e:
+            raise ChatCliError(f"llama.cpp failed while answering: {e}") from None
+        finally:
+            CACHE.release(entry, keep)
+
+    return generate()

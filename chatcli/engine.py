@@ -1,0 +1,365 @@
+"""The in-process engine: one GGUF model, one llama.cpp context, our own decode loop.
+
+``Engine.chat`` formats a conversation with the model's template, evaluates only the tokens
+after the longest prefix already in the KV cache (so turn N does not re-read turns 1..N-1),
+then samples token by token, yielding typed events. Per-token work is a fixed handful of C calls
+plus incremental detokenization, so it does not grow with the answer's length.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from . import backend
+from . import options as opts_mod
+from .errors import ContextOverflowError, ModelLoadError
+from .events import ContentDelta, Done, Event, Metrics, Trimmed
+from .template import ChatTemplate
+from .textstream import StopMatcher, Utf8Stream
+
+DEFAULT_NUM_CTX = 4096
+# Room kept free for the answer when old messages must be dropped to fit num_ctx.
+ANSWER_RESERVE = 512
+_RANDOM_SEED = 0xFFFFFFFF  # LLAMA_DEFAULT_SEED: llama.cpp picks a random seed
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """Length of the longest common prefix of two token lists."""
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+class Engine:
+    """A loaded model ready to chat. Not thread-safe: callers serialise access."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        name: str | None = None,
+        model_options: Mapping[str, Any] | None = None,
+        options: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self.name = name or self.path.name
+        # Defaults that come with the model (Modelfile PARAMETER lines, registry params layer).
+        self.model_options = opts_mod.validate(model_options)
+        start = time.perf_counter_ns()
+        wanted = self.resolve_options(options, _loaded=False)
+        self._model = backend.load_model(self.path, wanted["num_gpu"])
+        self._ctx = None
+        self._batch = None
+        self._ctx_shape: tuple[int, int] | None = None
+        self._threads = 0
+        self._cache: list[int] = []  # tokens whose K/V are in the context, from position 0
+        meta = self._model.metadata
+        self.template = ChatTemplate(
+            meta.get("tokenizer.chat_template"),
+            bos_token=self._token_text(self._model.model.token_bos()),
+            eos_token=self._token_text(self._model.model.token_eos()),
+            model_name=self.name,
+        )
+        self._ensure_context(self.resolve_options(options))
+        self.load_duration = time.perf_counter_ns() - start
+
+    # -- facts -----------------------------------------------------------------------------
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        return self._model.metadata
+
+    @property
+    def n_ctx(self) -> int:
+        return self._ctx_shape[0] if self._ctx_shape else 0
+
+    @property
+    def n_ctx_train(self) -> int:
+        return self._model.n_ctx_train
+
+    @property
+    def cached_tokens(self) -> int:
+        """How many tokens of the last conversation are still in the KV cache."""
+        return len(self._cache)
+
+    def resolve_options(
+        self, options: Mapping[str, Any] | None = None, *, _loaded: bool = True
+    ) -> dict[str, Any]:
+        """Built-in defaults < the model's own options < ``options``; Nones filled in."""
+        merged = opts_mod.merge(
+            {name: spec.default for name, spec in opts_mod.SPECS.items()},
+            self.model_options,
+            opts_mod.validate(options),
+        )
+        if merged["num_ctx"] is None:
+            train = self._model.n_ctx_train if _loaded else 0
+            merged["num_ctx"] = min(DEFAULT_NUM_CTX, train) if train > 0 else DEFAULT_NUM_CTX
+        if merged["num_gpu"] is None:
+            merged["num_gpu"] = -1 if backend.gpu_offload_supported() else 0
+        if not merged["num_thread"]:
+            merged["num_thread"] = backend.physical_cores()
+        return merged
+
+    def tokenize(self, text: str) -> list[int]:
+        """Tokenize prompt text; special tokens written in the text are parsed as such."""
+        model = self._model.model
+        bos = self.template.bos_token
+        add_bos = bool(model.add_bos_token()) and not (bos and text.startswith(bos))
+        return model.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)
+
+    def render(self, messages: Sequence[Mapping[str, Any]], **variables: Any) -> str:
+        """The prompt text for ``messages``, ready for the assistant's reply."""
+        return self.template.render(messages, add_generation_prompt=True, **variables)
+
+    # -- chat ------------------------------------------------------------------------------
+
+    def chat(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        options: Mapping[str, Any] | None = None,
+        **template_vars: Any,
+    ) -> Iterator[Event]:
+        """Answer the conversation; yields content deltas, maybe Trimmed, then Done."""
+        opts = self.resolve_options(options)
+        load_ns = self._ensure_context(opts)
+        tokens, dropped, kept = self._fit(messages, opts, template_vars)
+        if dropped:
+            yield Trimmed(dropped=dropped, kept=kept)
+        yield from self._generate(tokens, opts, load_ns, dropped)
+
+    def reset_cache(self) -> None:
+        """Forget the KV cache (the next turn evaluates its whole prompt)."""
+        self._cache.clear()
+        if self._ctx is not None:
+            self._ctx.kv_cache_clear()
+
+    def close(self) -> None:
+        """Free the context and the weights."""
+        self._cache.clear()
+        if self._batch is not None:
+            self._batch.close()
+        if self._ctx is not None:
+            self._ctx.close()
+        self._ctx = self._batch = None
+        self._model.close()
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _token_text(self, token: int) -> str:
+        if token < 0:
+            return ""
+        return self._model.model.token_get_text(token)
+
+    def _ensure_context(self, opts: Mapping[str, Any]) -> int:
+        """(Re)create the context when num_ctx/num_batch change; returns ns spent loading."""
+        start = time.perf_counter_ns()
+        if opts["num_gpu"] != self._model.n_gpu_layers:
+            self._drop_context()
+            path = self._model.path
+            self._model.close()
+            self._model = backend.load_model(path, opts["num_gpu"])
+        shape = (int(opts["num_ctx"]), min(int(opts["num_batch"]), int(opts["num_ctx"])))
+        if shape != self._ctx_shape:
+            self._drop_context()
+            self._ctx, self._batch = backend.new_context(
+                self._model, n_ctx=shape[0], n_batch=shape[1], n_threads=opts["num_thread"]
+            )
+            self._ctx_shape = shape
+            self._threads = opts["num_thread"]
+        elif opts["num_thread"] != self._threads:
+            self._ctx.set_n_threads(opts["num_thread"], opts["num_thread"])
+            self._threads = opts["num_thread"]
+        else:
+            return 0
+        return time.perf_counter_ns() - start
+
+    def _drop_context(self) -> None:
+        self._cache.clear()
+        if self._batch is not None:
+            self._batch.close()
+        if self._ctx is not None:
+            self._ctx.close()
+        self._ctx = self._batch = None
+        self._ctx_shape = None
+
+    def _fit(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        opts: Mapping[str, Any],
+        template_vars: Mapping[str, Any],
+    ) -> tuple[list[int], int, int]:
+        """Tokenize the conversation, dropping the oldest turns until it fits num_ctx.
+
+        System messages and the latest message are never dropped; after a drop the first
+        remaining turn is a user message so that templates that insist on alternation accept it.
+        """
+        n_ctx = self.n_ctx
+        predict = opts["num_predict"]
+        reserve = min(predict if predict > 0 else ANSWER_RESERVE, n_ctx // 4)
+        msgs = list(messages)
+        dropped = 0
+        while True:
+            tokens = self.tokenize(self.render(msgs, **template_vars))
+            if len(tokens) + reserve <= n_ctx:
+                break
+            first = next(
+                (i for i, m in enumerate(msgs[:-1]) if m.get("role") != "system"), None
+            )
+            if first is None:
+                if len(tokens) < n_ctx:
+                    break  # only the essentials left; answer in whatever room remains
+                raise ContextOverflowError(
+                    f"the prompt is {len(tokens)} tokens but num_ctx is {n_ctx}; "
+                    "shorten the message or raise num_ctx"
+                )
+            del msgs[first]
+            dropped += 1
+            while first < len(msgs) - 1 and msgs[first].get("role") not in ("user", "system"):
+                del msgs[first]
+                dropped += 1
+        return tokens, dropped, len(msgs)
+
+    def _sampler(self, opts: Mapping[str, Any], prompt: Sequence[int]):
+        from llama_cpp import _internals
+
+        sampler = _internals.LlamaSampler()
+        last_n = opts["repeat_last_n"]
+        if last_n == -1:
+            last_n = self.n_ctx
+        penalize = last_n > 0 and (
+            opts["repeat_penalty"] != 1.0
+            or opts["presence_penalty"] != 0.0
+            or opts["frequency_penalty"] != 0.0
+        )
+        if penalize:
+            sampler.add_penalties(
+                self._model.model.n_vocab(),
+                last_n,
+                opts["repeat_penalty"],
+                opts["frequency_penalty"],
+                opts["presence_penalty"],
+            )
+        if opts["temperature"] <= 0:
+            sampler.add_greedy()
+        else:
+            if opts["top_k"] > 0:
+                sampler.add_top_k(opts["top_k"])
+            if opts["top_p"] < 1.0:
+                sampler.add_top_p(opts["top_p"], 1)
+            if opts["min_p"] > 0.0:
+                sampler.add_min_p(opts["min_p"], 1)
+            sampler.add_temp(opts["temperature"])
+            seed = opts["seed"]
+            sampler.add_dist(_RANDOM_SEED if seed is None or seed < 0 else seed)
+        if penalize:
+            # The penalties look back over the conversation too, as in Ollama.
+            for tok in prompt[-last_n:]:
+                sampler.accept(tok)
+        return sampler
+
+    def _generate(
+        self, tokens: list[int], opts: Mapping[str, Any], load_ns: int, dropped: int
+    ) -> Iterator[Event]:
+        lc = backend.llama()
+        ctx, batch, cache = self._ctx, self._batch, self._cache
+        n_ctx, n_batch = self._ctx_shape
+        metrics = Metrics(load_duration=load_ns)
+
+        # Prompt: evaluate only what the KV cache does not already hold. At least one token
+        # is evaluated so that there are fresh logits to sample from.
+        n_past = min(common_prefix(cache, tokens), len(tokens) - 1)
+        del cache[n_past:]  # shrink our record first: it must never claim more than the KV has
+        ctx.kv_cache_seq_rm(0, n_past, -1)
+        start = time.perf_counter_ns()
+        for i in range(n_past, len(tokens), n_batch):
+            chunk = tokens[i : i + n_batch]
+            batch.set_batch(chunk, n_past=i, logits_all=False)
+            ctx.decode(batch)
+            cache.extend(chunk)
+        metrics.prompt_eval_count = len(tokens) - n_past
+        metrics.prompt_eval_duration = time.perf_counter_ns() - start
+
+        sampler = self._sampler(opts, tokens)
+        limit = opts["num_predict"]
+        if limit < 0:
+            limit = n_ctx  # -1 (until done) and -2 (fill the context) both end at the context
+        stops = StopMatcher(list(opts["stop"]) + list(self.template.stop_strings))
+        utf8 = Utf8Stream()
+
+        # Hot loop: bind everything to locals.
+        sample = lc.llama_sampler_sample
+        is_eog = lc.llama_vocab_is_eog
+        to_piece = lc.llama_token_to_piece
+        decode = lc.llama_decode
+        smpl, cctx, vocab = sampler.sampler, ctx.ctx, self._model.vocab
+        cb = batch.batch
+        buf_size = 256
+        buf = ctypes.create_string_buffer(buf_size)
+        now = time.perf_counter_ns
+        eval_ns = 0
+        count = 0
+        done_reason = "stop"
+        leading = True  # strip whitespace before the first visible character
+        t = now()
+        try:
+            while True:
+                tok = sample(smpl, cctx, -1)
+                if is_eog(vocab, tok):
+                    break
+                count += 1
+                n = to_piece(vocab, tok, buf, buf_size, 0, False)
+                if n < 0:  # piece longer than the buffer: grow it once
+                    buf_size = -n
+                    buf = ctypes.create_string_buffer(buf_size)
+                    n = to_piece(vocab, tok, buf, buf_size, 0, False)
+                text = utf8.feed(buf.raw[:n])
+                if text:
+                    text = stops.feed(text)
+                    if leading and text:
+                        text = text.lstrip()
+                        leading = not text
+                    if text:
+                        eval_ns += now() - t
+                        yield ContentDelta(text)
+                        t = now()
+                    if stops.stopped:
+                        break
+                if count >= limit or len(cache) + 1 >= n_ctx:
+                    done_reason = "length"
+                    break
+                cb.n_tokens = 1
+                cb.token[0] = tok
+                cb.pos[0] = len(cache)
+                cb.n_seq_id[0] = 1
+                cb.seq_id[0][0] = 0
+                cb.logits[0] = True
+                if decode(cctx, cb) != 0:
+                    done_reason = "length"  # no KV slot left
+                    break
+                cache.append(tok)
+            eval_ns += now() - t
+            tail = stops.feed(utf8.flush()) if not stops.stopped else ""
+            tail += stops.flush() if not stops.stopped else ""
+            if leading:
+                tail = tail.lstrip()
+            if tail:
+                yield ContentDelta(tail)
+        finally:
+            sampler.close()
+        metrics.eval_count = count
+        metrics.eval_duration = max(eval_ns, 1)
+        yield Done(done_reason=done_reason, metrics=metrics, trimmed=dropped)
+
+
+def load(path: Path, **kwargs: Any) -> Engine:
+    """Load ``path`` as an Engine, turning llama.cpp's failures into ModelLoadError."""
+    try:
+        return Engine(path, **kwargs)
+    except (OSError, RuntimeError) as e:
+        raise ModelLoadError(f"could not load {path}: {e}") from None

@@ -1,0 +1,89 @@
+"""The models loaded in this process, and when each one expires (``keep_alive``)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from .engine import Engine, load
+from .models import ResolvedModel
+
+
+@dataclass
+class LoadedEntry:
+    engine: Engine
+    model: ResolvedModel
+    lock: threading.RLock = field(default_factory=threading.RLock)
+    expires_at: float | None = None  # monotonic seconds; None = never
+    users: int = 0
+    timer: threading.Timer | None = None
+
+
+class ModelCache:
+    """Engines keyed by model file; unloaded when their keep_alive runs out."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, LoadedEntry] = {}
+        self._lock = threading.Lock()
+
+    def acquire(self, model: ResolvedModel, options: dict[str, Any] | None) -> LoadedEntry:
+        """The loaded entry for ``model`` (loading it if needed), marked in use."""
+        key = str(model.path)
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                engine = load(model.path, name=model.name, model_options=model.options,
+                              options=options)
+                entry = LoadedEntry(engine=engine, model=model)
+                self._entries[key] = entry
+            entry.users += 1
+            if entry.timer is not None:
+                entry.timer.cancel()
+                entry.timer = None
+            return entry
+
+    def release(self, entry: LoadedEntry, keep_alive: float | None) -> None:
+        """The caller is done with ``entry``; schedule its unload after ``keep_alive``."""
+        with self._lock:
+            entry.users -= 1
+            if entry.users > 0:
+                return
+            if keep_alive is None:
+                entry.expires_at = None
+                return
+            if keep_alive <= 0:
+                self._unload_locked(entry)
+                return
+            entry.expires_at = time.monotonic() + keep_alive
+            entry.timer = threading.Timer(keep_alive, self._expire, args=(entry,))
+            entry.timer.daemon = True
+            entry.timer.start()
+
+    def _expire(self, entry: LoadedEntry) -> None:
+        with self._lock:
+            if entry.users == 0 and entry.expires_at is not None \
+                    and entry.expires_at <= time.monotonic() + 0.01:
+                self._unload_locked(entry)
+
+    def _unload_locked(self, entry: LoadedEntry) -> None:
+        key = str(entry.model.path)
+        if self._entries.get(key) is entry:
+            del self._entries[key]
+        with entry.lock:
+            entry.engine.close()
+
+    def loaded(self) -> list[LoadedEntry]:
+        with self._lock:
+            return list(self._entries.values())
+
+    def unload_all(self) -> None:
+        with self._lock:
+            for entry in list(self._entries.values()):
+                if entry.timer is not None:
+                    entry.timer.cancel()
+                self._unload_locked(entry)
+
+
+CACHE = ModelCache()

@@ -1,0 +1,159 @@
+"""Generation and load options, by their Ollama names, validated.
+
+One table (``SPECS``) says each option's type, default, allowed range and meaning; it drives
+validation here, ``/set parameter`` completion and ``/show parameters`` in the REPL, and the
+``-o NAME=VALUE`` parser of the CLI.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import InvalidOptionError
+
+
+@dataclass(frozen=True)
+class OptionSpec:
+    name: str
+    kind: type  # int, float or list (list of strings)
+    default: Any
+    help: str
+    check: Callable[[Any], bool] = lambda v: True
+    rule: str = ""  # what `check` demands, for the error message
+
+
+def _ge(lo: float) -> Callable[[Any], bool]:
+    return lambda v: v >= lo
+
+
+def _between(lo: float, hi: float) -> Callable[[Any], bool]:
+    return lambda v: lo <= v <= hi
+
+
+# Defaults follow Ollama's where it has one. None means "decided at load time"
+# (num_ctx from the model, num_gpu from the build, num_thread from the CPU, seed random).
+SPECS: dict[str, OptionSpec] = {
+    s.name: s
+    for s in [
+        OptionSpec("temperature", float, 0.8, "sampling temperature; 0 = greedy", _ge(0), ">= 0"),
+        OptionSpec("top_p", float, 0.9, "nucleus sampling threshold", _between(0, 1), "0..1"),
+        OptionSpec("top_k", int, 40, "sample from the k most likely tokens; 0 = off",
+                   _ge(0), ">= 0"),
+        OptionSpec("min_p", float, 0.0, "drop tokens below p x the top probability",
+                   _between(0, 1), "0..1"),
+        OptionSpec("seed", int, None, "random seed; fixed seed + temperature 0 = repeatable",
+                   _ge(-1), ">= -1"),
+        OptionSpec("num_predict", int, -1, "max tokens to generate; -1 = until done",
+                   _ge(-2), ">= -2"),
+        OptionSpec("num_ctx", int, None, "context window in tokens (reloads the context)",
+                   _between(16, 1 << 22), "16..4194304"),
+        OptionSpec("repeat_penalty", float, 1.1, "penalty for repeated tokens; 1 = off",
+                   _ge(0), ">= 0"),
+        OptionSpec("repeat_last_n", int, 64, "how far back repeat_penalty looks; -1 = num_ctx",
+                   _ge(-1), ">= -1"),
+        OptionSpec("presence_penalty", float, 0.0, "penalty for tokens already present",
+                   _between(-2, 2), "-2..2"),
+        OptionSpec("frequency_penalty", float, 0.0, "penalty by token frequency",
+                   _between(-2, 2), "-2..2"),
+        OptionSpec("stop", list, [], "strings that end the answer (repeatable)"),
+        OptionSpec("num_gpu", int, None, "layers to offload to the GPU; -1 = all",
+                   _ge(-1), ">= -1"),
+        OptionSpec("num_thread", int, None, "CPU threads; default = physical cores",
+                   _ge(0), ">= 0"),
+        OptionSpec("num_batch", int, 512, "prompt batch size (reloads the context)",
+                   _between(1, 1 << 16), "1..65536"),
+    ]
+}
+
+# Changing one of these needs a new llama.cpp context (or model).
+LOAD_OPTIONS = frozenset({"num_ctx", "num_gpu", "num_batch"})
+
+
+def _coerce(spec: OptionSpec, value: Any) -> Any:
+    if spec.kind is list:
+        if isinstance(value, str):
+            return [value]
+        if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+            return list(value)
+        raise InvalidOptionError(f"option '{spec.name}' must be a string or a list of strings")
+    if isinstance(value, bool) or value is None:
+        raise InvalidOptionError(f"option '{spec.name}' must be a number, not {value!r}")
+    if spec.kind is int:
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if not isinstance(value, int):
+            raise InvalidOptionError(f"option '{spec.name}' must be an integer, not {value!r}")
+        return value
+    if not isinstance(value, (int, float)):
+        raise InvalidOptionError(f"option '{spec.name}' must be a number, not {value!r}")
+    return float(value)
+
+
+def validate(options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Check names, types and ranges; return a new dict with normalised values."""
+    if options is None:
+        return {}
+    if not isinstance(options, Mapping):
+        raise InvalidOptionError("options must be a mapping of option names to values")
+    out: dict[str, Any] = {}
+    for name, value in options.items():
+        spec = SPECS.get(name)
+        if spec is None:
+            raise InvalidOptionError(
+                f"unknown option '{name}'; valid options: {', '.join(sorted(SPECS))}"
+            )
+        value = _coerce(spec, value)
+        if spec.kind is not list and not spec.check(value):
+            raise InvalidOptionError(f"option '{name}' must be {spec.rule}, got {value!r}")
+        out[name] = value
+    return out
+
+
+def parse_value(name: str, text: str) -> Any:
+    """Parse a value typed by a user (``-o NAME=VALUE``, ``/set parameter NAME VALUE``)."""
+    spec = SPECS.get(name)
+    if spec is None:
+        validate({name: None})  # raises the unknown-option error
+    text = text.strip()
+    if spec.kind is list:
+        if text.startswith("["):
+            try:
+                value = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise InvalidOptionError(f"option '{name}': bad JSON list: {e.msg}") from None
+        else:
+            value = [_unquote(text)]
+        return validate({name: value})[name]
+    try:
+        number: Any = int(text) if spec.kind is int else float(text)
+    except ValueError:
+        kind = "an integer" if spec.kind is int else "a number"
+        raise InvalidOptionError(f"option '{name}' must be {kind}, got {text!r}") from None
+    return validate({name: number})[name]
+
+
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """Parse ``NAME=VALUE`` into a validated pair."""
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip():
+        raise InvalidOptionError(f"expected NAME=VALUE, got {text!r}")
+    name = name.strip()
+    return name, parse_value(name, value)
+
+
+def _unquote(text: str) -> str:
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
+        return text[1:-1]
+    return text
+
+
+def merge(*layers: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Later layers win; ``stop`` lists are replaced, not concatenated (as in Ollama)."""
+    out: dict[str, Any] = {}
+    for layer in layers:
+        if layer:
+            out.update(layer)
+    return out

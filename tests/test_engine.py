@@ -1,0 +1,156 @@
+"""The engine on the real bundled model (and tiny random GGUFs for edge cases)."""
+
+from pathlib import Path
+
+import pytest
+from conftest import DET
+
+from chatcli.engine import Engine, common_prefix
+from chatcli.errors import ModelLoadError, TemplateError
+from chatcli.events import ContentDelta, Done, Trimmed
+
+
+@pytest.fixture(scope="module")
+def engine(bundled_path):
+    eng = Engine(bundled_path, name="smollm2:135m", options={"num_ctx": 2048})
+    yield eng
+    eng.close()
+
+
+def answer(engine, messages, **options):
+    events = list(engine.chat(messages, {**DET, **options}))
+    text = "".join(e.text for e in events if isinstance(e, ContentDelta))
+    done = events[-1]
+    assert isinstance(done, Done)
+    return text, done, events
+
+
+def test_common_prefix():
+    assert common_prefix([1, 2, 3], [1, 2, 4]) == 2
+    assert common_prefix([], [1]) == 0
+    assert common_prefix([1, 2], [1, 2]) == 2
+
+
+def test_answers_with_metrics(engine):
+    text, done, _ = answer(engine, [{"role": "user", "content": "What is the capital of France?"}])
+    assert text.strip()
+    m = done.metrics
+    assert m.prompt_eval_count > 0 and m.prompt_eval_duration > 0
+    assert m.eval_count > 0 and m.eval_duration > 0
+    assert done.done_reason == "stop"
+
+
+def test_deterministic_for_fixed_seed(engine):
+    msgs = [{"role": "user", "content": "Name three colours."}]
+    first, _, _ = answer(engine, msgs, temperature=0.7, seed=7)
+    engine.reset_cache()
+    second, _, _ = answer(engine, msgs, temperature=0.7, seed=7)
+    assert first == second
+
+
+def test_num_predict_limits_length(engine):
+    _, done, _ = answer(engine, [{"role": "user", "content": "Write a long story."}],
+                        num_predict=5)
+    assert done.metrics.eval_count == 5
+    assert done.done_reason == "length"
+
+
+def test_stop_string_ends_answer(engine):
+    text, done, _ = answer(engine, [{"role": "user", "content": "Count from 1 to 10."}],
+                           stop=["5"])
+    assert "5" not in text and "6" not in text
+    assert done.done_reason == "stop"
+
+
+def test_second_turn_reuses_kv_cache(engine):
+    engine.reset_cache()
+    msgs = [{"role": "system", "content": "You are a helpful assistant. " * 20},
+            {"role": "user", "content": "What is the capital of France?"}]
+    text, done1, _ = answer(engine, msgs)
+    full1 = len(engine.tokenize(engine.render(msgs)))
+    assert done1.metrics.prompt_eval_count == full1  # cold cache: everything evaluated
+    msgs += [{"role": "assistant", "content": text},
+             {"role": "user", "content": "What is its population?"}]
+    _, done2, _ = answer(engine, msgs)
+    full2 = len(engine.tokenize(engine.render(msgs)))
+    # Only the new turn (and at most a re-tokenised tail of the answer) is evaluated.
+    assert done2.metrics.prompt_eval_count < full2 - full1 + 5
+    assert done2.metrics.prompt_eval_count < full2 / 2
+
+
+def test_overflow_drops_oldest_messages(bundled_path):
+    eng = Engine(bundled_path, options={"num_ctx": 256})
+    try:
+        msgs = [{"role": "system", "content": "Be brief."}]
+        for i in range(12):
+            msgs += [{"role": "user", "content": f"Question {i}: tell me about the number {i}."},
+                     {"role": "assistant", "content": f"The number {i} is a number. " * 3}]
+        msgs.append({"role": "user", "content": "And the number 99?"})
+        events = list(eng.chat(msgs, {**DET, "num_ctx": 256, "num_predict": 16}))
+        trimmed = [e for e in events if isinstance(e, Trimmed)]
+        assert trimmed and trimmed[0].dropped > 0
+        done = events[-1]
+        assert isinstance(done, Done) and done.trimmed == trimmed[0].dropped
+        assert done.metrics.eval_count > 0
+    finally:
+        eng.close()
+
+
+def test_changing_num_ctx_reloads_context(engine):
+    list(engine.chat([{"role": "user", "content": "hi"}], {**DET, "num_predict": 2,
+                                                          "num_ctx": 1024}))
+    assert engine.n_ctx == 1024
+    list(engine.chat([{"role": "user", "content": "hi"}], {**DET, "num_predict": 2,
+                                                          "num_ctx": 2048}))
+    assert engine.n_ctx == 2048
+
+
+def test_non_gguf_file_is_a_clear_error(tmp_path):
+    path = tmp_path / "notes.gguf"
+    path.write_text("this is not a model")
+    with pytest.raises(ModelLoadError, match="not a GGUF"):
+        Engine(path)
+
+
+def test_truncated_gguf_is_a_clear_error(tmp_path, bundled_path):
+    path = tmp_path / "cut.gguf"
+    with open(bundled_path, "rb") as src:
+        path.write_bytes(src.read(5_000_000))
+    with pytest.raises(ModelLoadError, match="truncated|corrupt"):
+        Engine(path)
+
+
+def test_tiny_gguf_without_template_uses_chatml(tiny_gguf):
+    eng = Engine(tiny_gguf)
+    try:
+        assert eng.template.is_fallback
+        prompt = eng.render([{"role": "user", "content": "hello"}])
+        assert prompt.endswith("<|im_start|>assistant\n")
+        # Special tokens written in the template are single control tokens.
+        toks = eng.tokenize("<|im_start|>")
+        assert len(toks) <= 2
+        events = list(eng.chat([{"role": "user", "content": "hello"}], {**DET, "num_predict": 8}))
+        assert isinstance(events[-1], Done)
+    finally:
+        eng.close()
+
+
+def test_hostile_template_in_gguf_runs_nothing(tmp_path):
+    from tiny_gguf import write_tiny_llama
+
+    marker = tmp_path / "pwned"
+    evil = ("{{ ''.__class__.__mro__[1].__subclasses__() }}"
+            "{{ cycler.__init__.__globals__.os.system('touch " + str(marker) + "') }}")
+    path = write_tiny_llama(tmp_path / "evil.gguf", chat_template=evil)
+    eng = Engine(path, name="evil")
+    try:
+        with pytest.raises(TemplateError, match="evil.*unsafe"):
+            list(eng.chat([{"role": "user", "content": "hi"}], DET))
+    finally:
+        eng.close()
+    assert not marker.exists()
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ModelLoadError, match="not found"):
+        Engine(Path(tmp_path / "nope.gguf"))
