@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import time
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
@@ -113,6 +114,12 @@ def _run(resolved, msgs, opts, keep, start) -> Iterator[ChatResponse]:
     entry = CACHE.acquire(resolved, opts)
     ready = time.perf_counter_ns()
     name = resolved.name
+    released = []
+
+    def release() -> None:
+        if not released:
+            released.append(True)
+            CACHE.release(entry, keep)
 
     def generate() -> Iterator[ChatResponse]:
         try:
@@ -142,6 +149,9 @@ def _run(resolved, msgs, opts, keep, start) -> Iterator[ChatResponse]:
         except RuntimeError as e:
             raise ChatCliError(f"llama.cpp failed while answering: {e}") from None
         finally:
-            CACHE.release(entry, keep)
+            release()
 
-    return generate()
+    stream = generate()
+    # A stream that is dropped without being read must still let its model expire.
+    weakref.finalize(stream, release)
+    return stream

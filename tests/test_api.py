@@ -141,3 +141,14 @@ def test_keep_alive_zero_unloads_and_expiry_unloads():
          keep_alive=-1)
     (entry,) = CACHE.loaded()
     assert entry.expires_at is None
+
+
+def test_unread_stream_does_not_pin_the_model():
+    import gc
+
+    CACHE.unload_all()
+    stream = chat(MODEL, [{"role": "user", "content": "hi"}], stream=True, keep_alive=0)
+    assert len(CACHE.loaded()) == 1
+    del stream
+    gc.collect()
+    assert CACHE.loaded() == []
