@@ -14,14 +14,14 @@ from datetime import datetime, timezone
 from typing import Any
 
 from . import options as opts_mod
+from .client import check_unsupported, with_model_system
+from .conversation import ROLES
 from .errors import ChatCliError, NotSupportedError, RequestError
 from .events import ContentDelta, Done
 from .keepalive import parse_keep_alive
 from .loaded import CACHE
 from .models import DEFAULT_MODEL, resolve
 from .responses import ChatResponse, Message
-
-ROLES = ("system", "user", "assistant", "tool")
 
 
 def _now() -> str:
@@ -60,15 +60,6 @@ def normalize_messages(messages: Sequence[Any] | None) -> list[dict[str, Any]]:
     return out
 
 
-def _check_unsupported(format: Any, tools: Any, think: Any) -> None:
-    if format not in (None, ""):
-        raise NotSupportedError("format (JSON mode / JSON schema) is not supported yet")
-    if tools:
-        raise NotSupportedError("tools are not supported yet")
-    if think not in (None, False):
-        raise NotSupportedError("think is not supported yet")
-
-
 def chat(
     model: str = "",
     messages: Sequence[Any] | None = None,
@@ -87,13 +78,12 @@ def chat(
     carries the metrics. Raises ``ChatCliError`` subclasses for anything the caller got wrong.
     """
     start = time.perf_counter_ns()
-    _check_unsupported(format, tools, think)
+    check_unsupported(format, tools, think)
     msgs = normalize_messages(messages)
     opts = opts_mod.validate(options)
     keep = parse_keep_alive(keep_alive)
     resolved = resolve(model or DEFAULT_MODEL)
-    if resolved.system and not any(m["role"] == "system" for m in msgs):
-        msgs.insert(0, {"role": "system", "content": resolved.system})
+    msgs = with_model_system(msgs, resolved)
     chunks = _run(resolved, msgs, opts, keep, start)
     if stream:
         return chunks

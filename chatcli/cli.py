@@ -1,13 +1,16 @@
-"""The ``chat`` command line (Typer). Parses flags, picks a mode, turns errors into one line."""
+"""The ``chat`` command line (Typer): parses flags, picks a mode, turns errors into one line.
+
+Heavy modules (llama_cpp, rich.markdown, prompt_toolkit) are imported inside the commands, so
+``chat --help`` stays instant.
+"""
 
 from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 import typer
-
-from .models import DEFAULT_MODEL
 
 app = typer.Typer(
     name="chat",
@@ -15,8 +18,20 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+RUN_HELP = """Chat with MODEL, or answer one PROMPT and exit.
+
+The interactive REPL starts only when stdin and stdout are both terminals and no PROMPT is
+given. Otherwise chat answers once and exits: the prompt is the piped stdin followed by the
+PROMPT words, so `cat notes.txt | chat run m "summarize this"` works. When stdout is not a
+terminal the answer is plain text with no escape codes.
+
+MODEL defaults to `default_model` in config.json (or $CHATCLI_MODEL), else smollm2:135m.
+Exit codes: 0 ok, 1 error, 130 interrupted.
+"""
 
 
 def _version(value: bool) -> None:
@@ -36,43 +51,148 @@ def _root(
     """Chat with local models in your terminal (llama.cpp in-process, no server)."""
 
 
-def _fail(message: str, code: int = 1) -> None:
-    typer.echo(f"Error: {message}", err=True)
-    raise typer.Exit(code)
+class Fail(Exception):
+    """A usage error found by the CLI itself."""
 
 
-@app.command()
+def _options(
+    temperature: float | None, num_ctx: int | None, seed: int | None, num_predict: int | None,
+    option: list[str],
+) -> dict:
+    from . import options as opts_mod
+
+    pairs = [opts_mod.parse_assignment(o) for o in option]
+    out: dict = {}
+    for name, value in pairs:
+        if name == "stop":
+            out.setdefault("stop", []).extend(value)
+        else:
+            out[name] = value
+    flags = {"temperature": temperature, "num_ctx": num_ctx, "seed": seed,
+             "num_predict": num_predict}
+    out.update({k: v for k, v in flags.items() if v is not None})
+    return opts_mod.validate(out)
+
+
+def _read_stdin() -> str:
+    if sys.stdin is None or sys.stdin.isatty():
+        return ""
+    return sys.stdin.read()
+
+
+@app.command(help=RUN_HELP)
 def run(
-    model: str = typer.Argument(DEFAULT_MODEL, help="Model name or path to a .gguf file."),
-    prompt: list[str] | None = typer.Argument(None, help="The message; omit for a REPL."),
+    model: str | None = typer.Argument(None, help="Model name or path to a .gguf file."),
+    prompt: list[str] | None = typer.Argument(None, help="Answer this and exit."),
+    system: str | None = typer.Option(None, "--system", help="System prompt."),
+    temperature: float | None = typer.Option(None, "--temperature", help="Temperature."),
+    num_ctx: int | None = typer.Option(None, "--num-ctx", help="Context window (tokens)."),
+    seed: int | None = typer.Option(None, "--seed", help="Random seed."),
+    num_predict: int | None = typer.Option(None, "--num-predict", help="Max tokens."),
+    option: list[str] = typer.Option(
+        [], "--option", "-o", help="Any engine option as NAME=VALUE (repeatable)."
+    ),
+    format: str | None = typer.Option(None, "--format", help="json, or a JSON schema file."),
+    think: bool | None = typer.Option(
+        None, "--think/--nothink", help="Let a thinking model reason first (or not)."
+    ),
+    hidethinking: bool = typer.Option(False, "--hidethinking", help="Do not show reasoning."),
+    verbose: bool = typer.Option(False, "--verbose", help="Show timings after each answer."),
+    nowordwrap: bool = typer.Option(False, "--nowordwrap", help="Do not wrap plain text."),
+    plain: bool = typer.Option(False, "--plain", help="Raw text instead of Markdown."),
+    load: Path | None = typer.Option(
+        None, "--load", help="Start from a conversation saved with /save."
+    ),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks and llama.cpp logs."),
 ) -> None:
-    """Answer PROMPT (and piped stdin) with MODEL and print the answer as plain text."""
     from .errors import ChatCliError
 
     if debug:
         os.environ["CHATCLI_DEBUG"] = "1"
-    text = " ".join(prompt or [])
-    if not sys.stdin.isatty():
-        piped = sys.stdin.read()
-        text = f"{piped.rstrip()}\n\n{text}".strip() if piped.strip() else text
-    if not text:
-        _fail("no prompt given: chat run MODEL PROMPT, or pipe text on stdin")
     try:
-        from .api import chat
-
-        for chunk in chat(model, [{"role": "user", "content": text}], stream=True):
-            if not chunk.done:
-                sys.stdout.write(chunk.message.content)
-                sys.stdout.flush()
-        sys.stdout.write("\n")
-    except ChatCliError as e:
+        code = _run(model, prompt or [], system, _options(temperature, num_ctx, seed,
+                                                          num_predict, option),
+                    format, think, hidethinking, verbose, nowordwrap, plain, load)
+    except (ChatCliError, Fail) as e:
         if debug:
             raise
-        _fail(str(e))
+        typer.echo(f"Error: {e}", err=True)
+        raise typer.Exit(1) from None
+    except BrokenPipeError:
+        _silence_stdout()
+        raise typer.Exit(0) from None
     except KeyboardInterrupt:
-        sys.stdout.write("\n")
         raise typer.Exit(130) from None
+    except Exception as e:  # never a traceback for the user; --debug shows it
+        if debug:
+            raise
+        typer.echo(f"Error: unexpected {type(e).__name__}: {e} (--debug shows details)", err=True)
+        raise typer.Exit(1) from None
+    raise typer.Exit(code)
+
+
+def _silence_stdout() -> None:
+    # The reader went away (`| head -1`): point stdout at /dev/null so that the interpreter's
+    # final flush does not complain, and exit quietly.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+
+
+def _run(model_arg, words, system, options, format_arg, think, hidethinking, verbose,
+         nowordwrap, plain, load) -> int:
+    from .client import LocalClient
+    from .commands import load_format
+    from .config import default_model
+    from .conversation import load as load_conversation
+    from .registry import CommandError
+    from .repl import ReplState, Settings, run_repl
+    from .session import Session
+
+    interactive = not words and sys.stdin.isatty() and sys.stdout.isatty()
+    conv = load_conversation(load) if load else None
+    model = model_arg or (conv.model if conv and conv.model else None) or default_model()
+    try:
+        fmt = load_format(format_arg) if format_arg else None
+    except CommandError as e:
+        raise Fail(str(e)) from None
+    session = Session(LocalClient(), model)
+    if conv:
+        session.apply(conv)
+        session.model = model
+    session.options.update(options)
+    if system is not None:
+        session.set_system(system)
+    if fmt is not None:
+        session.format = fmt
+    if think is not None:
+        session.think = think
+    session.switch_model(model)  # fail now, with the model's name, if it does not exist
+    settings = Settings(verbose=verbose, markdown=not plain, wordwrap=not nowordwrap,
+                        hide_thinking=hidethinking)
+    state = ReplState(session, settings)
+    if interactive:
+        run_repl(state)
+        return 0
+    text = _one_shot_prompt(_read_stdin(), words)
+    if not text:
+        raise Fail("no prompt: give one (chat run MODEL PROMPT) or pipe text on stdin; "
+                   "the interactive REPL needs a terminal on stdin and stdout")
+    import threading
+
+    from .answer import stream_answer
+
+    cancel = threading.Event()
+    outcome = stream_answer(session.ask(text, cancel), state.out, cancel, verbose=verbose)
+    return 130 if outcome.cancelled else 0
+
+
+def _one_shot_prompt(piped: str, words: list[str]) -> str:
+    """Piped stdin first, then the PROMPT words."""
+    prompt = " ".join(words).strip()
+    piped = piped.strip("\n")
+    if piped.strip() and prompt:
+        return f"{piped}\n\n{prompt}"
+    return piped.strip() and piped or prompt
 
 
 def main() -> None:

@@ -9,6 +9,7 @@ plus incremental detokenization, so it does not grow with the answer's length.
 from __future__ import annotations
 
 import ctypes
+import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -84,6 +85,10 @@ class Engine:
         return self._model.n_ctx_train
 
     @property
+    def n_params(self) -> int:
+        return int(self._model.model.n_params())
+
+    @property
     def cached_tokens(self) -> int:
         """How many tokens of the last conversation are still in the KV cache."""
         return len(self._cache)
@@ -123,15 +128,21 @@ class Engine:
         self,
         messages: Sequence[Mapping[str, Any]],
         options: Mapping[str, Any] | None = None,
+        *,
+        cancel: threading.Event | None = None,
         **template_vars: Any,
     ) -> Iterator[Event]:
-        """Answer the conversation; yields content deltas, maybe Trimmed, then Done."""
+        """Answer the conversation; yields content deltas, maybe Trimmed, then Done.
+
+        Setting ``cancel`` stops the answer within one token (or, during prompt evaluation,
+        within one llama.cpp graph node); the final event is then ``Done("cancelled")``.
+        """
         opts = self.resolve_options(options)
         load_ns = self._ensure_context(opts)
         tokens, dropped, kept = self._fit(messages, opts, template_vars)
         if dropped:
             yield Trimmed(dropped=dropped, kept=kept)
-        yield from self._generate(tokens, opts, load_ns, dropped)
+        yield from self._generate(tokens, opts, load_ns, dropped, cancel or threading.Event())
 
     def reset_cache(self) -> None:
         """Forget the KV cache (the next turn evaluates its whole prompt)."""
@@ -263,12 +274,39 @@ class Engine:
                 sampler.accept(tok)
         return sampler
 
+    def _eval_prompt(self, tokens: list[int], n_past: int, cancel: threading.Event) -> bool:
+        """Decode tokens[n_past:] in n_batch chunks; False if cancelled midway."""
+        lc = backend.llama()
+        ctx, batch, cache = self._ctx, self._batch, self._cache
+        n_batch = self._ctx_shape[1]
+        # llama.cpp polls this between graph nodes, so a long batch stops promptly.
+        abort = lc.ggml_abort_callback(lambda _data: cancel.is_set())
+        lc.llama_set_abort_callback(ctx.ctx, abort, None)
+        try:
+            for i in range(n_past, len(tokens), n_batch):
+                chunk = tokens[i : i + n_batch]
+                batch.set_batch(chunk, n_past=i, logits_all=False)
+                ret = lc.llama_decode(ctx.ctx, batch.batch)
+                if ret == 2 or cancel.is_set():
+                    return False
+                if ret != 0:
+                    raise RuntimeError(f"llama_decode returned {ret} while reading the prompt")
+                cache.extend(chunk)
+        finally:
+            lc.llama_set_abort_callback(ctx.ctx, lc.ggml_abort_callback(), None)
+        return True
+
     def _generate(
-        self, tokens: list[int], opts: Mapping[str, Any], load_ns: int, dropped: int
+        self,
+        tokens: list[int],
+        opts: Mapping[str, Any],
+        load_ns: int,
+        dropped: int,
+        cancel: threading.Event,
     ) -> Iterator[Event]:
         lc = backend.llama()
         ctx, batch, cache = self._ctx, self._batch, self._cache
-        n_ctx, n_batch = self._ctx_shape
+        n_ctx = self._ctx_shape[0]
         metrics = Metrics(load_duration=load_ns)
 
         # Prompt: evaluate only what the KV cache does not already hold. At least one token
@@ -277,13 +315,12 @@ class Engine:
         del cache[n_past:]  # shrink our record first: it must never claim more than the KV has
         ctx.kv_cache_seq_rm(0, n_past, -1)
         start = time.perf_counter_ns()
-        for i in range(n_past, len(tokens), n_batch):
-            chunk = tokens[i : i + n_batch]
-            batch.set_batch(chunk, n_past=i, logits_all=False)
-            ctx.decode(batch)
-            cache.extend(chunk)
-        metrics.prompt_eval_count = len(tokens) - n_past
+        finished = self._eval_prompt(tokens, n_past, cancel)
+        metrics.prompt_eval_count = len(cache) - n_past
         metrics.prompt_eval_duration = time.perf_counter_ns() - start
+        if not finished:
+            yield Done(done_reason="cancelled", metrics=metrics, trimmed=dropped)
+            return
 
         sampler = self._sampler(opts, tokens)
         limit = opts["num_predict"]
@@ -302,6 +339,7 @@ class Engine:
         buf_size = 256
         buf = ctypes.create_string_buffer(buf_size)
         now = time.perf_counter_ns
+        cancelled = cancel.is_set
         eval_ns = 0
         count = 0
         done_reason = "stop"
@@ -309,6 +347,9 @@ class Engine:
         t = now()
         try:
             while True:
+                if cancelled():
+                    done_reason = "cancelled"
+                    break
                 tok = sample(smpl, cctx, -1)
                 if is_eog(vocab, tok):
                     break

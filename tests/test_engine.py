@@ -154,3 +154,44 @@ def test_hostile_template_in_gguf_runs_nothing(tmp_path):
 def test_missing_file(tmp_path):
     with pytest.raises(ModelLoadError, match="not found"):
         Engine(Path(tmp_path / "nope.gguf"))
+
+
+def test_cancel_during_generation_keeps_engine_usable(engine):
+    import threading
+
+    cancel = threading.Event()
+    got = []
+    for ev in engine.chat([{"role": "user", "content": "Write a long story about a cat."}],
+                          {**DET, "num_predict": 400}, cancel=cancel):
+        got.append(ev)
+        if isinstance(ev, ContentDelta) and len(got) == 5:
+            cancel.set()
+    done = got[-1]
+    assert isinstance(done, Done) and done.done_reason == "cancelled"
+    assert 4 <= done.metrics.eval_count <= 6
+    text, done2, _ = answer(engine, [{"role": "user", "content": "Say hi."}])
+    assert text and done2.done_reason == "stop"
+
+
+def test_cancel_during_long_prompt_eval_is_prompt(bundled_path):
+    import threading
+    import time
+
+    eng = Engine(bundled_path, options={"num_ctx": 4096, "num_batch": 4096})
+    try:
+        long_msg = "The quick brown fox jumps over the lazy dog. " * 300  # ~3000 tokens
+        cancel = threading.Event()
+        threading.Timer(0.05, cancel.set).start()
+        t0 = time.perf_counter()
+        events = list(eng.chat([{"role": "user", "content": long_msg}],
+                               {**DET, "num_ctx": 4096, "num_batch": 4096}, cancel=cancel))
+        elapsed = time.perf_counter() - t0
+        assert events[-1].done_reason == "cancelled"
+        assert events[-1].metrics.eval_count == 0
+        assert elapsed < 0.25 + 0.05 + 0.5  # well under one full 3000-token batch on 2 cores
+        # The cache record is still truthful: the next turn answers normally.
+        events = list(eng.chat([{"role": "user", "content": "Say hi."}],
+                               {**DET, "num_ctx": 4096, "num_batch": 4096, "num_predict": 8}))
+        assert events[-1].metrics.eval_count > 0
+    finally:
+        eng.close()

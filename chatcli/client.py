@@ -1,0 +1,87 @@
+"""Where answers come from, for the REPL: models loaded in this process.
+
+A client turns (model name, messages, options) into the engine's event stream. The REPL only
+talks to a client, so a remote server can stand in for the local engine.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+from .events import Done, Event
+from .loaded import CACHE
+from .modelinfo import describe
+from .models import ResolvedModel, resolve
+
+
+def with_model_system(messages: list[dict[str, Any]], model: ResolvedModel) -> list[dict[str, Any]]:
+    """Prepend the model's own system prompt (Modelfile SYSTEM) when the caller gave none."""
+    if model.system and not any(m.get("role") == "system" for m in messages):
+        return [{"role": "system", "content": model.system}, *messages]
+    return messages
+
+
+def check_unsupported(format: Any, tools: Any, think: Any) -> None:
+    from .errors import NotSupportedError
+
+    if format not in (None, ""):
+        raise NotSupportedError("format (JSON mode / JSON schema) is not supported yet")
+    if tools:
+        raise NotSupportedError("tools are not supported yet")
+    if think not in (None, False):
+        raise NotSupportedError("think is not supported yet")
+
+
+class LocalClient:
+    """Runs models in-process; they stay loaded for the life of the REPL."""
+
+    def resolve(self, name: str) -> ResolvedModel:
+        return resolve(name)
+
+    def chat(
+        self,
+        model: str,
+        messages: Sequence[Mapping[str, Any]],
+        options: Mapping[str, Any] | None = None,
+        *,
+        format: Any = None,
+        think: Any = None,
+        cancel: threading.Event | None = None,
+    ) -> Iterator[Event]:
+        start = time.perf_counter_ns()
+        check_unsupported(format, None, think)
+        resolved = resolve(model)
+        msgs = with_model_system([dict(m) for m in messages], resolved)
+        entry = CACHE.acquire(resolved, dict(options or {}))
+        ready = time.perf_counter_ns()
+        try:
+            with entry.lock:
+                for event in entry.engine.chat(msgs, options, cancel=cancel):
+                    if isinstance(event, Done):
+                        event.metrics.load_duration += ready - start
+                        event.metrics.total_duration = time.perf_counter_ns() - start
+                    yield event
+        finally:
+            CACHE.release(entry, None)
+
+    def show(self, model: str, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Model facts for /show: description, template, system, defaults, path."""
+        resolved = resolve(model)
+        entry = CACHE.acquire(resolved, dict(options or {}))
+        try:
+            engine = entry.engine
+            info = describe(engine)
+            info.update(
+                name=resolved.name,
+                path=str(resolved.path),
+                template=engine.template.source,
+                template_is_fallback=engine.template.is_fallback,
+                system=resolved.system or "",
+                model_options=dict(engine.model_options),
+            )
+            return info
+        finally:
+            CACHE.release(entry, None)

@@ -1,0 +1,219 @@
+"""The interactive loop: prompt-toolkit input, slash commands, streamed answers.
+
+One ``PromptSession`` (persistent history, completion from the command registry, key bindings
+for multi-line input); one ``one_iteration`` per input. Any error while handling an input is
+shown and the loop goes on; ``EOFError`` (Ctrl+D, /bye) is the one way out.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from prompt_toolkit.completion import Completer, Completion
+
+from .answer import stream_answer
+from .commands import REGISTRY, strip_triple_quotes
+from .errors import ChatCliError
+from .paths import history_file
+
+PLACEHOLDER = "Send a message (/? for help)"
+
+
+@dataclass
+class Settings:
+    """Display settings that /set changes."""
+
+    verbose: bool = False
+    markdown: bool = True
+    wordwrap: bool = True
+    hide_thinking: bool = False
+    history: bool = True
+
+
+def multiline_open(text: str) -> bool:
+    """True while a \"\"\" block is still open, so Enter should insert a newline."""
+    return text.count('"""') % 2 == 1
+
+
+def compose_message(text: str, files: list[tuple[str, str]]) -> str:
+    """The user's text, with files added by /read placed before it."""
+    parts = [f"Content of {name}:\n```\n{body.rstrip()}\n```" for name, body in files]
+    return "\n\n".join([*parts, text]) if parts else text
+
+
+class ReplState:
+    """What slash commands may touch: the session, settings, output and pending files."""
+
+    def __init__(self, session: Any, settings: Settings, *, stdout=None) -> None:
+        self.session = session
+        self.settings = settings
+        self.stdout = stdout or sys.stdout
+        self.pending_files: list[tuple[str, str]] = []
+        self.history: Any = None
+        self._out = None
+
+    @property
+    def out(self):
+        if self._out is None:
+            from .render import make_renderer
+
+            self._out = make_renderer(
+                markdown=self.settings.markdown,
+                wordwrap=self.settings.wordwrap,
+                hide_thinking=self.settings.hide_thinking,
+                file=self.stdout,
+            )
+        return self._out
+
+    def settings_changed(self) -> None:
+        self._out = None
+        if self.history is not None:
+            self.history.enabled = self.settings.history
+
+    def ask(self, text: str) -> None:
+        """Send a message (with any /read files) and show the answer."""
+        message = compose_message(text, self.pending_files)
+        self.pending_files = []
+        cancel = threading.Event()
+        stream_answer(self.session.ask(message, cancel), self.out, cancel,
+                      verbose=self.settings.verbose)
+
+    def retry(self) -> None:
+        """Answer the last question again."""
+        cancel = threading.Event()
+        stream_answer(self.session.retry(cancel), self.out, cancel,
+                      verbose=self.settings.verbose)
+
+    def model_names(self) -> list[str]:
+        from .models import DEFAULT_MODEL
+
+        return [DEFAULT_MODEL]
+
+    def write_terminal(self, data: str) -> None:
+        self.stdout.write(data)
+        self.stdout.flush()
+
+
+def _make_history(enabled: bool):
+    from prompt_toolkit.history import FileHistory
+
+    class ToggleHistory(FileHistory):
+        """FileHistory that can stop writing (/set nohistory)."""
+
+        enabled = True
+
+        def store_string(self, string: str) -> None:
+            if self.enabled:
+                super().store_string(string)
+
+    path = history_file()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # The history holds everything typed: readable by its owner only.
+    fd = os.open(path, os.O_CREAT | os.O_APPEND | os.O_WRONLY, 0o600)
+    os.close(fd)
+    os.chmod(path, 0o600)
+    history = ToggleHistory(str(path))
+    history.enabled = enabled
+    return history
+
+
+def _key_bindings():
+    from prompt_toolkit.key_binding import KeyBindings
+
+    kb = KeyBindings()
+
+    @kb.add("enter")
+    def _enter(event) -> None:
+        buf = event.current_buffer
+        if multiline_open(buf.text):
+            buf.insert_text("\n")
+        else:
+            buf.validate_and_handle()
+
+    @kb.add("escape", "enter")
+    @kb.add("c-j")
+    def _newline(event) -> None:
+        event.current_buffer.insert_text("\n")
+
+    return kb
+
+
+class RegistryCompleter(Completer):
+    """Completion from the command registry: names, sub-commands, parameters, paths."""
+
+    def __init__(self, state: ReplState) -> None:
+        self.state = state
+
+    def get_completions(self, document, complete_event):
+        text = document.text_before_cursor
+        if not text.startswith("/") or "\n" in text:
+            return
+        name, sep, args = text.partition(" ")
+        if not sep:
+            for cmd in REGISTRY:
+                if cmd.hidden:
+                    continue
+                for n in cmd.names:
+                    if n.startswith(name):
+                        yield Completion(n, start_position=-len(name), display_meta=cmd.help)
+            return
+        cmd = REGISTRY.find(name)
+        if cmd is None or cmd.completer is None:
+            return
+        word = args.rsplit(" ", 1)[-1]
+        for candidate in cmd.completer(self.state, args):
+            # Candidates replace the current word (the last space-separated one).
+            tail = candidate.rsplit(" ", 1)[-1]
+            yield Completion(tail, start_position=-len(word))
+
+
+def one_iteration(state: ReplState, text: str) -> None:
+    """Handle one input: a slash command or a message."""
+    if not text.strip():
+        return
+    if text.lstrip().startswith("/"):
+        REGISTRY.dispatch(state, text.strip())
+        return
+    state.ask(strip_triple_quotes(text))
+
+
+def run_repl(state: ReplState) -> None:
+    """Read and answer until Ctrl+D or /bye."""
+    from prompt_toolkit import PromptSession
+    from prompt_toolkit.formatted_text import FormattedText
+
+    state.history = _make_history(state.settings.history)
+    prompt = PromptSession(
+        history=state.history,
+        completer=RegistryCompleter(state),
+        complete_while_typing=False,
+        key_bindings=_key_bindings(),
+        multiline=True,
+        # "... " marks a real new line; soft-wrapped lines get no marker.
+        prompt_continuation=lambda width, line, wrap: "" if wrap else "... ",
+        placeholder=FormattedText([("fg:ansibrightblack", PLACEHOLDER)]),
+        enable_history_search=False,
+    )
+    while True:
+        try:
+            text = prompt.prompt(">>> ")
+        except KeyboardInterrupt:
+            continue  # Ctrl+C at the prompt clears the line
+        except EOFError:
+            break
+        try:
+            one_iteration(state, text)
+        except EOFError:
+            break
+        except ChatCliError as e:
+            state.out.error(str(e))
+        except KeyboardInterrupt:
+            state.out.note("Interrupted.")
+        except Exception as e:  # don't crash the REPL; keep the conversation
+            if os.environ.get("CHATCLI_DEBUG"):
+                raise
+            state.out.error(f"unexpected error: {type(e).__name__}: {e}")
