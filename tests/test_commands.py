@@ -8,7 +8,7 @@ import pytest
 from prompt_toolkit.document import Document
 from scripted import ScriptedClient
 
-from chatcli.commands import REGISTRY, osc52, path_candidates, strip_triple_quotes
+from chatcli.commands import osc52, path_candidates, strip_triple_quotes
 from chatcli.errors import InvalidOptionError
 from chatcli.registry import CommandError, CommandNotFound
 from chatcli.repl import (

@@ -1,0 +1,362 @@
+"""Unit tests for chatcli.render: the block splitter, the stats block and the plain renderer."""
+
+from __future__ import annotations
+
+import io
+import random
+import re
+import time
+
+import pytest
+
+from chatcli.events import Metrics
+from chatcli.render import (
+    Block,
+    BlockSplitter,
+    MarkdownRenderer,
+    PlainRenderer,
+    format_stats,
+    make_renderer,
+)
+
+# ---------------------------------------------------------------------------- BlockSplitter
+
+
+def split(text: str, max_lines: int = 100, chunk: int | None = None) -> list[Block]:
+    splitter = BlockSplitter(max_lines)
+    blocks: list[Block] = []
+    step = chunk or len(text) or 1
+    for i in range(0, len(text), step):
+        blocks += splitter.feed(text[i : i + step])
+    return blocks + splitter.finish()
+
+
+def texts(blocks: list[Block]) -> list[str]:
+    return [b.text for b in blocks]
+
+
+def test_blank_line_ends_a_paragraph_and_sets_gap_before():
+    splitter = BlockSplitter(10)
+    assert splitter.feed("First para\ncontinues.\n") == []
+    assert splitter.tail == "First para\ncontinues.\n"
+    assert splitter.feed("\nSecond") == [Block("First para\ncontinues.")]
+    assert splitter.tail == "Second"
+    assert splitter.finish() == [Block("Second", gap_before=True)]
+    assert splitter.tail == ""
+
+
+def test_gap_before_follows_the_source():
+    blocks = split("\n\nalpha\n\n\nbeta\ngamma\n# Head\ndelta\n\n## Sub\n")
+    assert [(b.text, b.gap_before) for b in blocks] == [
+        ("alpha", False),  # nothing comes before the first block
+        ("beta\ngamma", True),
+        ("# Head", False),
+        ("delta", False),
+        ("## Sub", True),
+    ]
+
+
+def test_heading_is_a_block_once_its_line_is_complete():
+    splitter = BlockSplitter(10)
+    assert splitter.feed("# Tit") == []
+    assert splitter.feed("le\nBody") == [Block("# Title")]
+    assert splitter.tail == "Body"
+    assert texts(split("#hashtag is text\n")) == ["#hashtag is text"]
+
+
+def test_fenced_code_keeps_blank_lines_and_ends_at_the_closing_fence():
+    source = "Intro:\n```python\ndef f():\n\n    return 1\n```\nAfter.\n"
+    assert texts(split(source)) == [
+        "Intro:",
+        "```python\ndef f():\n\n    return 1\n```",
+        "After.",
+    ]
+
+
+def test_tilde_fence_and_longer_closing_marker():
+    assert texts(split("~~~\n```\nx\n~~~\nnext\n")) == ["~~~\n```\nx\n~~~", "next"]
+    assert texts(split("````md\n```\ninner\n```\n`````\n")) == ["````md\n```\ninner\n```\n`````"]
+
+
+def test_unclosed_fence_is_returned_by_finish():
+    splitter = BlockSplitter(10)
+    assert splitter.feed("```js\nlet a = 1;\n\nlet b") == []
+    assert splitter.tail == "```js\nlet a = 1;\n\nlet b"
+    assert texts(splitter.finish()) == ["```js\nlet a = 1;\n\nlet b"]
+
+
+def test_long_code_block_is_cut_into_fenced_parts_with_the_language_kept():
+    code = [f"x_{i} = {i}" for i in range(11)]
+    blocks = split("```python\n" + "\n".join(code) + "\n```\nafter\n", max_lines=4)
+    parts, after = blocks[:-1], blocks[-1]
+    assert after.text == "after"
+    assert len(parts) >= 3
+    body: list[str] = []
+    for i, block in enumerate(parts):
+        lines = block.text.split("\n")
+        assert lines[0] == "```python"
+        assert lines[-1] == "```"
+        assert len(lines) - 2 <= 5
+        assert block.gap_before is False
+        assert block.continued is (i < len(parts) - 1)
+        body += lines[1:-1]
+    assert body == code
+
+
+def test_list_is_cut_before_an_item_and_numbers_are_kept():
+    items = [f"{i}. item {i}" for i in range(1, 11)]
+    blocks = split("\n".join(items) + "\n", max_lines=4)
+    assert len(blocks) > 1
+    for block in blocks:
+        assert re.match(r"\d+\. item", block.text)
+        assert not block.gap_before
+    assert "\n".join(texts(blocks)).split("\n") == items
+
+
+def test_list_item_continuation_lines_stay_with_their_item():
+    items = [f"- item {i}\n  more about {i}" for i in range(8)]
+    blocks = split("\n".join(items) + "\n", max_lines=4)
+    assert len(blocks) > 1
+    assert all(b.text.startswith("- item") for b in blocks)
+    assert "\n".join(texts(blocks)) == "\n".join(items)
+
+
+def test_long_paragraph_is_cut_at_line_boundaries():
+    lines = [f"line {i}" for i in range(10)]
+    blocks = split("\n".join(lines) + "\n", max_lines=4)
+    assert [len(b.text.split("\n")) for b in blocks] == [4, 4, 2]
+    assert "\n".join(texts(blocks)).split("\n") == lines
+
+
+def test_table_is_kept_whole_unless_very_long_and_then_repeats_its_header():
+    header = ["| a | b |", "|---|---|"]
+    short = header + [f"| {i} | x |" for i in range(8)]
+    assert texts(split("\n".join(short) + "\n", max_lines=4)) == ["\n".join(short)]
+
+    rows = [f"| {i} | x |" for i in range(30)]
+    blocks = split("\n".join(header + rows) + "\n", max_lines=4)
+    assert len(blocks) > 1
+    seen: list[str] = []
+    for block in blocks:
+        lines = block.text.split("\n")
+        assert lines[:2] == header
+        seen += lines[2:]
+    assert seen == rows
+
+
+DOCUMENT = (
+    "# Title\n\nSome *intro* text\nover two lines.\n\n"
+    "```python\n" + "".join(f"print({i})\n\n" for i in range(30)) + "```\n\n"
+    + "".join(f"- point {i}\n" for i in range(25))
+    + "\n| h | v |\n|---|---|\n" + "".join(f"| {i} | {i * i} |\n" for i in range(12))
+    + "\n~~~\nunclosed " * 3
+)
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 7, 64])
+def test_chunking_does_not_change_the_blocks(chunk):
+    assert split(DOCUMENT, max_lines=6, chunk=chunk) == split(DOCUMENT, max_lines=6)
+
+
+def test_random_chunks_give_the_same_blocks():
+    rng = random.Random(3)
+    splitter = BlockSplitter(6)
+    blocks: list[Block] = []
+    i = 0
+    while i < len(DOCUMENT):
+        n = rng.randint(1, 12)
+        blocks += splitter.feed(DOCUMENT[i : i + n])
+        i += n
+    assert blocks + splitter.finish() == split(DOCUMENT, max_lines=6)
+
+
+def test_work_per_feed_is_bounded():
+    paragraph = "word " * 12 + "\n"
+    code = "```python\n" + "x = 1  # a line of code\n" * 200 + "```\n\n"
+    text = (paragraph * 60 + "\n" + code) * 4
+    text = text[:20_000]
+    splitter = BlockSplitter(10)
+    longest_tail = 0
+    start = time.perf_counter()
+    for ch in text:
+        splitter.feed(ch)
+        if ch == "\n":
+            longest_tail = max(longest_tail, len(splitter.tail))
+    splitter.finish()
+    assert time.perf_counter() - start < 2.0
+    assert longest_tail < 1_000
+
+
+# ---------------------------------------------------------------------------- format_stats
+
+
+def test_format_stats_matches_ollama():
+    metrics = Metrics(
+        total_duration=1_234_567_000,
+        load_duration=12_300_000,
+        prompt_eval_count=26,
+        prompt_eval_duration=107_300_000,
+        eval_count=298,
+        eval_duration=4_289_000_000,
+    )
+    assert format_stats(metrics) == (
+        "total duration:       1.234567s\n"
+        "load duration:        12.3ms\n"
+        "prompt eval count:    26 token(s)\n"
+        "prompt eval duration: 107.3ms\n"
+        "prompt eval rate:     242.31 tokens/s\n"
+        "eval count:           298 token(s)\n"
+        "eval duration:        4.289s\n"
+        "eval rate:            69.48 tokens/s"
+    )
+
+
+@pytest.mark.parametrize(
+    ("ns", "text"),
+    [
+        (999, "999ns"),
+        (1_500, "1.5µs"),
+        (850_000, "850µs"),
+        (12_300_000, "12.3ms"),
+        (1_000_000_000, "1s"),
+        (123_500_000_000, "2m3.5s"),
+        (3_600_000_000_000, "1h0m0s"),
+    ],
+)
+def test_durations_print_like_go(ns, text):
+    assert format_stats(Metrics(total_duration=ns)) == f"total duration:       {text}"
+
+
+def test_zero_durations_are_left_out_instead_of_dividing_by_zero():
+    assert format_stats(Metrics()) == ""
+    assert format_stats(Metrics(eval_count=5)) == "eval count:           5 token(s)"
+
+
+# ---------------------------------------------------------------------------- renderers
+
+
+def stream(renderer, *pieces: str, thinking: tuple[str, ...] = ()) -> None:
+    renderer.begin()
+    for piece in thinking:
+        renderer.thinking(piece)
+    for piece in pieces:
+        renderer.content(piece)
+    renderer.end()
+
+
+def test_make_renderer_picks_markdown_only_for_terminals():
+    out = io.StringIO()
+    assert isinstance(make_renderer(file=out), PlainRenderer)
+    assert not isinstance(make_renderer(file=out), MarkdownRenderer)
+    assert isinstance(make_renderer(file=out, force_terminal=True), MarkdownRenderer)
+    plain = make_renderer(markdown=False, file=out, force_terminal=True)
+    assert type(plain) is PlainRenderer
+
+
+def test_plain_output_is_the_text_as_received_without_escape_codes():
+    out = io.StringIO()
+    renderer = make_renderer(file=out)
+    stream(renderer, "Hello", ",  **world**", "\n\n", "- a\n- b", thinking=("Let me ", "see."))
+    renderer.tool_call("get_weather", {"city": "Paris"})
+    renderer.note("dropped 4 old messages")
+    renderer.stats(Metrics(eval_count=3, eval_duration=1_000_000_000))
+    renderer.info("line one\nline two")
+    assert out.getvalue() == (
+        "Thinking...\nLet me see.\n...done thinking.\n\n"
+        "Hello,  **world**\n\n- a\n- b\n"
+        '→ get_weather({"city": "Paris"})\n'
+        "dropped 4 old messages\n"
+        "eval count:           3 token(s)\neval duration:        1s\n"
+        "eval rate:            3.00 tokens/s\n"
+        "line one\nline two\n"
+    )
+    assert "\x1b" not in out.getvalue()
+
+
+def test_hide_thinking_shows_only_the_answer():
+    out = io.StringIO()
+    stream(make_renderer(file=out, hide_thinking=True), "Answer.", thinking=("secret",))
+    assert out.getvalue() == "Answer.\n"
+
+
+@pytest.mark.parametrize(
+    ("pieces", "expected"),
+    [
+        (("abc",), "abc\n"),
+        (("abc\n",), "abc\n"),
+        (("abc", "\n\n", "\n"), "abc\n"),
+        (("a\n\nb",), "a\n\nb\n"),
+        ((), ""),
+    ],
+)
+def test_end_leaves_exactly_one_newline(pieces, expected):
+    out = io.StringIO()
+    stream(make_renderer(file=out), *pieces)
+    assert out.getvalue() == expected
+
+
+def test_error_goes_to_stderr(capsys):
+    out = io.StringIO()
+    make_renderer(file=out).error("model not found")
+    assert out.getvalue() == ""
+    assert capsys.readouterr().err == "model not found\n"
+
+
+WORDS = (
+    "The quick brown fox jumps over the lazy dog while streaming tokens arrive "
+    "in small uneven pieces, and nothing may be cut in the middle of a word."
+)
+
+
+def test_wordwrap_breaks_between_words_on_a_terminal(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "24")
+    out = io.StringIO()
+    renderer = make_renderer(markdown=False, file=out, force_terminal=True)
+    rng = random.Random(5)
+    pieces, i = [], 0
+    while i < len(WORDS):
+        n = rng.randint(1, 4)
+        pieces.append(WORDS[i : i + n])
+        i += n
+    stream(renderer, *pieces)
+    text = out.getvalue()
+    assert "\x1b" not in text  # NO_COLOR is set by the test fixture
+    lines = text.rstrip("\n").split("\n")
+    assert len(lines) > 4
+    assert all(len(line) <= 24 for line in lines)
+    assert " ".join(line.strip() for line in lines) == WORDS
+
+
+def test_no_wordwrap_and_no_terminal_never_insert_newlines(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "24")
+    for renderer_args in ({"force_terminal": True, "wordwrap": False}, {}):
+        out = io.StringIO()
+        stream(make_renderer(markdown=False, file=out, **renderer_args), WORDS)
+        assert out.getvalue() == WORDS + "\n"
+
+
+def test_thinking_is_dim_on_a_colour_terminal(monkeypatch):
+    monkeypatch.delenv("NO_COLOR")
+    out = io.StringIO()
+    renderer = PlainRenderer(out, terminal=True, width=80)
+    stream(renderer, "Answer", thinking=("hmm",))
+    text = out.getvalue()
+    assert text.startswith("\x1b[2mThinking...\nhmm")
+    assert text.endswith("\n\nAnswer\n")
+    assert text.count("\x1b[2m") == text.count("\x1b[0m") == 2
+    assert re.sub(r"\x1b\[\d+m", "", text) == "Thinking...\nhmm\n...done thinking.\n\nAnswer\n"
+
+
+def test_markdown_renderer_survives_an_interrupted_answer():
+    out = io.StringIO()
+    renderer = MarkdownRenderer(out)
+    renderer.end()  # nothing begun: nothing to do
+    renderer.begin()
+    renderer.content("Some **bold** text\n\n```python\nprint('x')\n")
+    renderer.end()
+    renderer.end()
+    renderer.note("a note")
+    text = re.sub(r"\x1b\[[\d;?]*[A-Za-z]", "", out.getvalue())
+    assert "Some bold text" in text
+    assert "print('x')" in text
+    assert text.endswith("a note\n")
