@@ -122,11 +122,14 @@ def _make_history(enabled: bool):
 
 
 def _key_bindings():
+    from prompt_toolkit.filters import is_searching
     from prompt_toolkit.key_binding import KeyBindings
 
     kb = KeyBindings()
+    # During Ctrl+R search, Enter and Ctrl+J keep their default meaning (accept the match).
+    typing = ~is_searching
 
-    @kb.add("enter")
+    @kb.add("enter", filter=typing)
     def _enter(event) -> None:
         buf = event.current_buffer
         if multiline_open(buf.text):
@@ -134,8 +137,8 @@ def _key_bindings():
         else:
             buf.validate_and_handle()
 
-    @kb.add("escape", "enter")
-    @kb.add("c-j")
+    @kb.add("escape", "enter", filter=typing)
+    @kb.add("c-j", filter=typing)
     def _newline(event) -> None:
         event.current_buffer.insert_text("\n")
 
@@ -184,7 +187,14 @@ def one_iteration(state: ReplState, text: str) -> None:
 def run_repl(state: ReplState) -> None:
     """Read and answer until Ctrl+D or /bye."""
     from prompt_toolkit import PromptSession
+    from prompt_toolkit.application import get_app
     from prompt_toolkit.formatted_text import FormattedText
+
+    def placeholder():
+        # Hidden while Ctrl+R searching, where the buffer previews a match.
+        if get_app().layout.is_searching:
+            return ""
+        return FormattedText([("fg:ansibrightblack", PLACEHOLDER)])
 
     state.history = _make_history(state.settings.history)
     prompt = PromptSession(
@@ -195,7 +205,7 @@ def run_repl(state: ReplState) -> None:
         multiline=True,
         # "... " marks a real new line; soft-wrapped lines get no marker.
         prompt_continuation=lambda width, line, wrap: "" if wrap else "... ",
-        placeholder=FormattedText([("fg:ansibrightblack", PLACEHOLDER)]),
+        placeholder=placeholder,
         enable_history_search=False,
     )
     while True:

@@ -222,3 +222,27 @@ def test_multiline_helpers():
     assert strip_triple_quotes('"""line one\nline two"""') == "line one\nline two"
     assert strip_triple_quotes("plain") == "plain"
     assert compose_message("q", [("a.txt", "A")]) == "Content of a.txt:\n```\nA\n```\n\nq"
+
+
+def test_trimmed_context_is_noted(state):
+    from chatcli.events import ContentDelta, Done, Trimmed
+
+    def chat(model, messages, options=None, **kw):
+        yield Trimmed(dropped=4, kept=3)
+        yield ContentDelta("fine")
+        yield Done("stop")
+
+    state.session.client.chat = chat
+    run(state, "q")
+    assert any("Dropped 4 old messages" in n for n in state._out.notes)
+
+
+def test_default_model_from_config_and_env(chatcli_home, monkeypatch):
+    from chatcli.config import default_model
+
+    assert default_model() == "smollm2:135m"
+    (chatcli_home / "config").mkdir()
+    (chatcli_home / "config" / "config.json").write_text('{"default_model": "llama3.2"}')
+    assert default_model() == "llama3.2"
+    monkeypatch.setenv("CHATCLI_MODEL", "qwen3:0.6b")
+    assert default_model() == "qwen3:0.6b"

@@ -37,3 +37,14 @@ def test_help_for_one_command_shows_subcommands():
     assert "/set parameter NAME VALUE" in text and "/set nohistory" in text
     with pytest.raises(CommandError):
         REGISTRY.help_text("/nonsense")
+
+
+def test_readme_documents_every_command():
+    from pathlib import Path
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    for cmd in REGISTRY:
+        for name in cmd.names:
+            assert f"`{name}" in readme, f"{name} is missing from README.md"
+        for sub in cmd.subcommands:
+            assert sub in readme, f"{cmd.name} {sub} is missing from README.md"

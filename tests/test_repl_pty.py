@@ -126,3 +126,48 @@ def test_bad_command_and_bad_parameter_keep_the_repl_going(cli_env):
     child.expect(pexpect.EOF)
     child.close()
     assert child.exitstatus == 0
+
+
+def test_input_keys_history_and_paste(cli_env, tmp_path, chatcli_home):
+    child = spawn(cli_env, "--num-predict", "3")
+    child.send("alt first\x1b\r")  # Alt+Enter inserts a newline
+    child.send("alt second\r")
+    child.expect(PROMPT_READY)
+    child.send("ctrl first\nctrl second\r")  # Ctrl+J (LF) inserts a newline
+    child.expect(PROMPT_READY)
+    child.send("\x1b[200~pasted one\npasted two\npasted three\x1b[201~")  # bracketed paste
+    time.sleep(0.3)
+    child.send("\r")
+    child.expect(PROMPT_READY)
+    path = tmp_path / "keys.json"
+    send_line(child, f"/save {path}")
+    child.expect("Saved 6 messages")
+    # Up arrow recalls the last entry (the /save), Ctrl+R searches older ones.
+    child.send("\x1b[A")
+    time.sleep(0.3)
+    child.send("\r")
+    child.expect("Saved 6 messages")
+    child.send("\x12ctrl first")  # Ctrl+R, then type the search
+    time.sleep(0.5)
+    child.send("\r")  # accept the found entry in the search
+    time.sleep(0.3)
+    child.send("\r")  # and send it
+    child.expect(PROMPT_READY)
+    send_line(child, "/set nohistory")
+    child.expect("nohistory")
+    send_line(child, "secret words")
+    child.expect(PROMPT_READY)
+    send_line(child, f"/save {path}")
+    child.expect("Saved 10 messages")
+    send_line(child, "/bye")
+    child.expect(pexpect.EOF)
+
+    users = [m["content"] for m in json.loads(path.read_text())["messages"]
+             if m["role"] == "user"]
+    assert users[:3] == ["alt first\nalt second", "ctrl first\nctrl second",
+                         "pasted one\npasted two\npasted three"]
+    assert users[3] == "ctrl first\nctrl second"  # found by Ctrl+R
+    assert users[4] == "secret words"
+    history = (chatcli_home / "data" / "history").read_text()
+    assert "+pasted one\n+pasted two\n+pasted three\n" in history
+    assert "secret words" not in history  # /set nohistory stopped saving
