@@ -105,14 +105,23 @@ def run(
     ),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks and llama.cpp logs."),
 ) -> None:
+    code = guarded(debug, lambda: _run(
+        model, prompt or [], system,
+        _options(temperature, num_ctx, seed, num_predict, option),
+        format, think, hidethinking, verbose, nowordwrap, plain, load,
+    ))
+    raise typer.Exit(code)
+
+
+def guarded(debug: bool, action) -> int:
+    """Run a command's body: errors become one line and exit 1 (a traceback only with
+    --debug); Ctrl+C exits 130; a closed pipe exits quietly."""
     from .errors import ChatCliError
 
     if debug:
         os.environ["CHATCLI_DEBUG"] = "1"
     try:
-        code = _run(model, prompt or [], system, _options(temperature, num_ctx, seed,
-                                                          num_predict, option),
-                    format, think, hidethinking, verbose, nowordwrap, plain, load)
+        return action() or 0
     except (ChatCliError, Fail) as e:
         if debug:
             raise
@@ -128,7 +137,6 @@ def run(
             raise
         typer.echo(f"Error: unexpected {type(e).__name__}: {e} (--debug shows details)", err=True)
         raise typer.Exit(1) from None
-    raise typer.Exit(code)
 
 
 def _silence_stdout() -> None:
@@ -193,6 +201,9 @@ def _one_shot_prompt(piped: str, words: list[str]) -> str:
     if piped.strip() and prompt:
         return f"{piped}\n\n{prompt}"
     return piped.strip() and piped or prompt
+
+
+from . import cli_models  # noqa: E402,F401  (registers pull, list, show, rm, cp, create)
 
 
 def main() -> None:

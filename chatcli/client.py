@@ -18,10 +18,16 @@ from .models import ResolvedModel, resolve
 
 
 def with_model_system(messages: list[dict[str, Any]], model: ResolvedModel) -> list[dict[str, Any]]:
-    """Prepend the model's own system prompt (Modelfile SYSTEM) when the caller gave none."""
-    if model.system and not any(m.get("role") == "system" for m in messages):
-        return [{"role": "system", "content": model.system}, *messages]
-    return messages
+    """Prepend what the model brings: its MESSAGE lines, and its SYSTEM prompt unless the
+    caller gave one."""
+    has_system = any(m.get("role") == "system" for m in messages)
+    prefix = [{"role": "system", "content": model.system}] if model.system and not has_system \
+        else []
+    if model.messages:
+        system = [m for m in messages[:1] if m.get("role") == "system"]
+        rest = messages[len(system):]
+        return [*prefix, *system, *model.messages, *rest]
+    return [*prefix, *messages]
 
 
 def check_unsupported(format: Any, tools: Any, think: Any) -> None:
@@ -68,20 +74,19 @@ class LocalClient:
             CACHE.release(entry, None)
 
     def show(self, model: str, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        """Model facts for /show: description, template, system, defaults, path."""
+        """Model facts for /show, read from the GGUF header (nothing is loaded)."""
+        from .template import CHATML_TEMPLATE
+
         resolved = resolve(model)
-        entry = CACHE.acquire(resolved, dict(options or {}))
-        try:
-            engine = entry.engine
-            info = describe(engine)
-            info.update(
-                name=resolved.name,
-                path=str(resolved.path),
-                template=engine.template.source,
-                template_is_fallback=engine.template.is_fallback,
-                system=resolved.system or "",
-                model_options=dict(engine.model_options),
-            )
-            return info
-        finally:
-            CACHE.release(entry, None)
+        info = describe(resolved.path, resolved.projector)
+        template = info.pop("chat_template")
+        info.update(
+            name=resolved.name,
+            path=str(resolved.path),
+            template=template or CHATML_TEMPLATE,
+            template_is_fallback=not template,
+            system=resolved.system or "",
+            license=resolved.license or info.pop("gguf_license"),
+            model_options=dict(resolved.options),
+        )
+        return info

@@ -85,10 +85,6 @@ class Engine:
         return self._model.n_ctx_train
 
     @property
-    def n_params(self) -> int:
-        return int(self._model.model.n_params())
-
-    @property
     def cached_tokens(self) -> int:
         """How many tokens of the last conversation are still in the KV cache."""
         return len(self._cache)

@@ -1,8 +1,11 @@
-"""Facts about a loaded model, for ``/show`` (and later ``chat show`` and ``/api/show``)."""
+"""Facts about a model read from its GGUF header (no weights loaded), for ``show`` and /show."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
+
+from .gguf import GGUFInfo, read_gguf
 
 # llama.cpp's enum llama_ftype (general.file_type in a GGUF).
 FILE_TYPES = {
@@ -22,35 +25,36 @@ def human_count(n: int) -> str:
     return str(n)
 
 
-def quantization(metadata: dict[str, str]) -> str:
-    raw = metadata.get("general.file_type")
-    try:
-        return FILE_TYPES.get(int(raw), f"type {raw}") if raw is not None else "unknown"
-    except ValueError:
-        return str(raw)
+def quantization(info: GGUFInfo) -> str:
+    raw = info.get("general.file_type")
+    return FILE_TYPES.get(raw, f"type {raw}") if isinstance(raw, int) else "unknown"
 
 
-def capabilities(metadata: dict[str, str]) -> list[str]:
-    """What the model can do, judged from its template (as Ollama does)."""
-    template = metadata.get("tokenizer.chat_template", "")
+def capabilities(info: GGUFInfo, projector: Path | None = None) -> list[str]:
+    """What the model can do, judged from its template and files (as Ollama does)."""
+    template = str(info.get("tokenizer.chat_template", ""))
     caps = ["completion"]
+    if info.arch_value("pooling_type"):  # sentence-embedding models declare a pooling
+        caps = ["embedding"]
     if "tools" in template:
         caps.append("tools")
-    if "<think>" in template or "enable_thinking" in template or "reasoning" in template:
+    if "<think>" in template or "enable_thinking" in template or "reasoning_content" in template:
         caps.append("thinking")
+    if projector is not None:
+        caps.append("vision")
     return caps
 
 
-def describe(engine: Any) -> dict[str, Any]:
-    """The model's architecture, size, context and quantization."""
-    meta = engine.metadata
-    arch = meta.get("general.architecture", "unknown")
+def describe(path: Path, projector: Path | None = None) -> dict[str, Any]:
+    """The model's architecture, size, context, quantization, template and capabilities."""
+    info = read_gguf(path)
     return {
-        "architecture": arch,
-        "parameters": human_count(int(engine.n_params)),
-        "context length": meta.get(f"{arch}.context_length", str(engine.n_ctx_train)),
-        "embedding length": meta.get(f"{arch}.embedding_length", "?"),
-        "quantization": quantization(meta),
-        "capabilities": capabilities(meta),
-        "license": meta.get("general.license", ""),
+        "architecture": info.architecture,
+        "parameters": human_count(info.parameter_count),
+        "context length": info.arch_value("context_length", "?"),
+        "embedding length": info.arch_value("embedding_length", "?"),
+        "quantization": quantization(info),
+        "capabilities": capabilities(info, projector),
+        "gguf_license": str(info.get("general.license", "")),
+        "chat_template": info.get("tokenizer.chat_template"),
     }

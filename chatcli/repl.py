@@ -89,9 +89,9 @@ class ReplState:
                       verbose=self.settings.verbose)
 
     def model_names(self) -> list[str]:
-        from .models import DEFAULT_MODEL
+        from .catalog import model_names
 
-        return [DEFAULT_MODEL]
+        return model_names()
 
     def write_terminal(self, data: str) -> None:
         self.stdout.write(data)

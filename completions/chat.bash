@@ -2,15 +2,40 @@
 _chat() {
     local cur="${COMP_WORDS[COMP_CWORD]}" prev="${COMP_WORDS[COMP_CWORD-1]}"
     if [[ $COMP_CWORD -eq 1 ]]; then
-        COMPREPLY=($(compgen -W "run --version -V --install-completion --show-completion --help -h" -- "$cur")); return
+        COMPREPLY=($(compgen -W "cp create list pull rm run show --version -V --install-completion --show-completion --help -h" -- "$cur")); return
     fi
     case "${COMP_WORDS[1]}" in
+        cp)
+            case "$prev" in
+            esac
+            COMPREPLY=($(compgen -W "--debug --help -h" -- "$cur"));;
+        create)
+            case "$prev" in
+                --file|-f) COMPREPLY=($(compgen -f -- "$cur")); return;;
+            esac
+            COMPREPLY=($(compgen -W "--file -f --debug --help -h" -- "$cur"));;
+        list)
+            case "$prev" in
+            esac
+            COMPREPLY=($(compgen -W "--debug --help -h" -- "$cur"));;
+        pull)
+            case "$prev" in
+            esac
+            COMPREPLY=($(compgen -W "--insecure --debug --help -h" -- "$cur"));;
+        rm)
+            case "$prev" in
+            esac
+            COMPREPLY=($(compgen -W "--debug --help -h" -- "$cur"));;
         run)
             case "$prev" in
                 --format|--load) COMPREPLY=($(compgen -f -- "$cur")); return;;
                 --system|--temperature|--num-ctx|--seed|--num-predict|--option|-o) return;;
             esac
             COMPREPLY=($(compgen -W "--system --temperature --num-ctx --seed --num-predict --option -o --format --think --nothink --hidethinking --verbose --nowordwrap --plain --load --debug --help -h" -- "$cur"));;
+        show)
+            case "$prev" in
+            esac
+            COMPREPLY=($(compgen -W "--modelfile --parameters --template --system --license --debug --help -h" -- "$cur"));;
     esac
 }
 complete -o default -F _chat chat
