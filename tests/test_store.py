@@ -173,7 +173,8 @@ def test_cli_create_list_show_cp_rm(cli_env, tiny_gguf, tmp_path, chatcli_home):
     params = chat(["show", "tiny", "--parameters"], cli_env).stdout
     assert "temperature    0.4" in params and 'stop           "<eot>"' in params
     mf = chat(["show", "tiny", "--modelfile"], cli_env).stdout
-    assert "FROM " in mf and "PARAMETER temperature 0.4" in mf and 'SYSTEM """You are tiny."""' in mf
+    assert "FROM " in mf and "PARAMETER temperature 0.4" in mf
+    assert 'SYSTEM """You are tiny."""' in mf
     assert "<|im_start|>" in chat(["show", "tiny", "--template"], cli_env).stdout  # ChatML
 
     assert chat(["cp", "tiny", "tiny-copy"], cli_env).returncode == 0
