@@ -233,3 +233,20 @@ def test_ollama_store_is_listed_and_run_in_place(ollama_home, cli_env, chatcli_h
     p = chat(["rm", "smol"], env)
     assert p.returncode == 1 and "ollama rm smol" in p.stderr
     assert (ollama_home / "manifests" / "registry.ollama.ai" / "library" / "smol").exists()
+
+
+def test_repl_model_completion_offers_store_names(tiny_gguf):
+    from prompt_toolkit.document import Document
+    from scripted import ScriptedClient
+
+    from chatcli.repl import RegistryCompleter, ReplState, Settings
+    from chatcli.session import Session
+
+    create("tinycomplete", parse_modelfile(f"FROM {tiny_gguf}"))
+    state = ReplState(Session(ScriptedClient(), "scripted"), Settings())
+    text = "/model tinyc"
+    got = [c.text for c in RegistryCompleter(state).get_completions(Document(text), None)]
+    assert got == ["tinycomplete:latest"]
+    text = "/model smol"
+    got = [c.text for c in RegistryCompleter(state).get_completions(Document(text), None)]
+    assert "smollm2:135m" in got
