@@ -21,7 +21,7 @@ from typing import Any
 
 from .errors import ChatCliError
 from .fileio import atomic_write_text
-from .names import ModelName, parse_digest, parse_name
+from .names import InvalidNameError, ModelName, parse_digest, parse_name
 
 MANIFEST_MEDIA_TYPE = "application/vnd.docker.distribution.manifest.v2+json"
 CONFIG_MEDIA_TYPE = "application/vnd.docker.container.image.v1+json"
@@ -86,7 +86,7 @@ def parse_manifest(raw: bytes, source: str = "manifest") -> Manifest:
         data = json.loads(raw)
         layers = [_layer(item) for item in data["layers"]]
         config = _layer(data["config"]) if data.get("config") else None
-    except (ValueError, KeyError, TypeError, AttributeError) as e:
+    except (ValueError, KeyError, TypeError, AttributeError, InvalidNameError) as e:
         raise StoreError(f"{source} is not a valid model manifest ({e})") from None
     if not any(layer.kind == "model" for layer in layers):
         raise StoreError(f"{source} has no model layer")
@@ -217,7 +217,9 @@ class Store:
         missing = [d for d in manifest.all_digests() if not self.has_blob(d)]
         if missing:
             raise StoreError(f"cannot register {name}: missing blob {missing[0]}")
-        raw = manifest.to_bytes()
+        # Keep a registry's bytes as they came, so the model's ID (the manifest's sha256) is
+        # the one Ollama shows for it.
+        raw = manifest.raw or manifest.to_bytes()
         path = self.manifest_path(name)
         atomic_write_text(path, raw.decode())
         return Manifest(layers=manifest.layers, config=manifest.config, raw=raw)

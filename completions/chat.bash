@@ -8,6 +8,10 @@ _chat() {
         cp)
             case "$prev" in
             esac
+            if [[ "$cur" != -* ]]; then
+                COMPREPLY=($(compgen -W "$(chat list 2>/dev/null | awk 'NR>1 {print $1}')" -- "$cur"))
+                return
+            fi
             COMPREPLY=($(compgen -W "--debug --help -h" -- "$cur"));;
         create)
             case "$prev" in
@@ -25,16 +29,28 @@ _chat() {
         rm)
             case "$prev" in
             esac
+            if [[ "$cur" != -* ]]; then
+                COMPREPLY=($(compgen -W "$(chat list 2>/dev/null | awk 'NR>1 {print $1}')" -- "$cur"))
+                return
+            fi
             COMPREPLY=($(compgen -W "--debug --help -h" -- "$cur"));;
         run)
             case "$prev" in
                 --format|--load) COMPREPLY=($(compgen -f -- "$cur")); return;;
                 --system|--temperature|--num-ctx|--seed|--num-predict|--option|-o) return;;
             esac
+            if [[ "$cur" != -* ]]; then
+                COMPREPLY=($(compgen -W "$(chat list 2>/dev/null | awk 'NR>1 {print $1}')" -- "$cur"))
+                return
+            fi
             COMPREPLY=($(compgen -W "--system --temperature --num-ctx --seed --num-predict --option -o --format --think --nothink --hidethinking --verbose --nowordwrap --plain --load --debug --help -h" -- "$cur"));;
         show)
             case "$prev" in
             esac
+            if [[ "$cur" != -* ]]; then
+                COMPREPLY=($(compgen -W "$(chat list 2>/dev/null | awk 'NR>1 {print $1}')" -- "$cur"))
+                return
+            fi
             COMPREPLY=($(compgen -W "--modelfile --parameters --template --system --license --debug --help -h" -- "$cur"));;
     esac
 }

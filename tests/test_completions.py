@@ -37,7 +37,7 @@ def test_bash_script_completes():
     subprocess.run(["bash", "-n", str(script)], check=True)
     out = subprocess.run(
         ["bash", "-c", f"source {script}; COMP_WORDS=(chat run --lo); COMP_CWORD=2; _chat; "
-                       'echo "${COMPREPLY[@]}"; COMP_WORDS=(chat r); COMP_CWORD=1; _chat; '
+                       'echo "${COMPREPLY[@]}"; COMP_WORDS=(chat ru); COMP_CWORD=1; _chat; '
                        'echo "${COMPREPLY[@]}"'],
         capture_output=True, text=True, check=True,
     ).stdout.split("\n")
@@ -55,3 +55,16 @@ def test_typer_dynamic_completion_is_available(cli_env):
     p = subprocess.run([sys.executable, "-m", "chatcli", "--show-completion", "bash"],
                        env=cli_env, capture_output=True, text=True)
     assert p.returncode == 0 and "complete" in p.stdout
+
+
+def test_bash_completes_model_names_from_chat_list(cli_env):
+    import os
+
+    script = ROOT / "completions" / "chat.bash"
+    env = {**cli_env, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{cli_env['PATH']}"}
+    out = subprocess.run(
+        ["bash", "-c", f"source {script}; COMP_WORDS=(chat run smol); COMP_CWORD=2; _chat; "
+                       'echo "${COMPREPLY[@]}"'],
+        capture_output=True, text=True, check=True, env=env,
+    ).stdout.strip()
+    assert out == "smollm2:135m"
