@@ -203,34 +203,45 @@ class Engine:
     ) -> tuple[list[int], int, int]:
         """Tokenize the conversation, dropping the oldest turns until it fits num_ctx.
 
-        System messages and the latest message are never dropped; after a drop the first
-        remaining turn is a user message so that templates that insist on alternation accept it.
+        System messages and the latest message are never dropped, and the kept history starts
+        with a user message so that templates insisting on alternation accept it. The cut point
+        is found by binary search: O(log n) renders, however long the conversation.
         """
         n_ctx = self.n_ctx
         predict = opts["num_predict"]
         reserve = min(predict if predict > 0 else ANSWER_RESERVE, n_ctx // 4)
         msgs = list(messages)
-        dropped = 0
-        while True:
-            tokens = self.tokenize(self.render(msgs, **template_vars))
-            if len(tokens) + reserve <= n_ctx:
-                break
-            first = next(
-                (i for i, m in enumerate(msgs[:-1]) if m.get("role") != "system"), None
-            )
-            if first is None:
-                if len(tokens) < n_ctx:
-                    break  # only the essentials left; answer in whatever room remains
+
+        def render(start: int) -> list[int]:
+            kept = [m for i, m in enumerate(msgs) if i >= start or m.get("role") == "system"]
+            return self.tokenize(self.render(kept, **template_vars))
+
+        tokens = render(0)
+        if len(tokens) + reserve <= n_ctx:
+            return tokens, 0, len(msgs)
+        last = len(msgs) - 1
+        cuts = [i for i, m in enumerate(msgs) if 0 < i < last and m.get("role") == "user"]
+        cuts.append(last)
+        lo, hi = 0, len(cuts) - 1  # find the earliest cut that fits with room to answer
+        best: tuple[int, list[int]] | None = None
+        while lo <= hi:
+            mid = (lo + hi) // 2
+            candidate = render(cuts[mid])
+            if len(candidate) + reserve <= n_ctx:
+                best, hi = (cuts[mid], candidate), mid - 1
+            else:
+                lo = mid + 1
+        if best is None:
+            candidate = render(last)
+            if len(candidate) >= n_ctx:
                 raise ContextOverflowError(
-                    f"the prompt is {len(tokens)} tokens but num_ctx is {n_ctx}; "
+                    f"the prompt is {len(candidate)} tokens but num_ctx is {n_ctx}; "
                     "shorten the message or raise num_ctx"
                 )
-            del msgs[first]
-            dropped += 1
-            while first < len(msgs) - 1 and msgs[first].get("role") not in ("user", "system"):
-                del msgs[first]
-                dropped += 1
-        return tokens, dropped, len(msgs)
+            best = (last, candidate)  # only the essentials left: answer in the room remaining
+        start, tokens = best
+        dropped = sum(1 for m in msgs[:start] if m.get("role") != "system")
+        return tokens, dropped, len(msgs) - dropped
 
     def _sampler(self, opts: Mapping[str, Any], prompt: Sequence[int]):
         from llama_cpp import _internals

@@ -195,3 +195,25 @@ def test_cancel_during_long_prompt_eval_is_prompt(bundled_path):
         assert events[-1].metrics.eval_count > 0
     finally:
         eng.close()
+
+
+def test_trimming_keeps_rules_and_renders_logarithmically(tiny_gguf):
+    eng = Engine(tiny_gguf, options={"num_ctx": 256})
+    try:
+        msgs = [{"role": "system", "content": "sys"}]
+        for i in range(200):
+            msgs += [{"role": "user", "content": f"question {i} " + "a " * 10},
+                     {"role": "assistant", "content": f"answer {i} " + "b " * 10}]
+        msgs.append({"role": "user", "content": "last question"})
+        calls = []
+        real_render = eng.render
+        eng.render = lambda m, **kw: calls.append(m) or real_render(m, **kw)
+        tokens, dropped, kept = eng._fit(msgs, eng.resolve_options({"num_ctx": 256}), {})
+        assert len(calls) <= 12  # binary search over 200 turns, not one render per drop
+        kept_msgs = [m for m in calls if len(eng.tokenize(real_render(m))) == len(tokens)][-1]
+        assert kept_msgs[0]["role"] == "system" and kept_msgs[-1]["content"] == "last question"
+        assert kept_msgs[1]["role"] == "user"
+        assert dropped == len(msgs) - kept and dropped > 300
+        assert len(tokens) + 64 <= 256  # room is left for the answer
+    finally:
+        eng.close()
