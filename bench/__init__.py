@@ -1,0 +1,1 @@
+"""chatcli's benchmark suite: ``python -m bench`` (see README.md, "Benchmarks")."""

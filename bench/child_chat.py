@@ -1,0 +1,48 @@
+"""`chat` for the end-to-end benchmark: the end-of-generation check is disabled (so an answer
+runs to --num-predict), and the time of the first answer text and of the end of rendering are
+written to $BENCH_TIMING_FILE.
+
+    python -m bench.child_chat run MODEL ...
+"""
+
+import atexit
+import json
+import os
+import time
+
+from chatcli import render
+
+from .common import never_eog
+
+never_eog().__enter__()  # stays on for the life of this process
+marks: dict[str, float] = {}
+_content = render.MarkdownRenderer.content
+_end = render.MarkdownRenderer.end
+
+
+def content(self, text):
+    marks.setdefault("first", time.perf_counter())
+    return _content(self, text)
+
+
+def end(self):
+    result = _end(self)
+    marks["end"] = time.perf_counter()
+    return result
+
+
+render.MarkdownRenderer.content = content
+render.MarkdownRenderer.end = end
+
+
+@atexit.register
+def _write() -> None:
+    path = os.environ.get("BENCH_TIMING_FILE")
+    if path:
+        with open(path, "w") as f:
+            json.dump(marks, f)
+
+
+from chatcli.cli import main  # noqa: E402
+
+main()

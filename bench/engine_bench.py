@@ -1,0 +1,141 @@
+"""In-process figures: generation and prompt speed vs the bare loop, multi-turn, memory."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from .common import BareLoop, Row, Section, median, never_eog, rss_mb, threads
+
+GEN_OPTS = {"temperature": 0, "repeat_penalty": 1.0}  # greedy: the same sampler as the bare loop
+LONG_PROMPT = "Here is a passage to read carefully. " + "The quick brown fox jumps over the " \
+    "lazy dog while the five boxing wizards jump quickly. " * 30 + "Summarise it."
+
+
+def _engine(path: Path, n_ctx: int, n_batch: int = 512):
+    from chatcli.engine import Engine
+
+    return Engine(path, options={"num_ctx": n_ctx, "num_batch": n_batch})
+
+
+def _engine_generate(engine, msgs, n: int, n_ctx: int) -> float:
+    """Seconds the engine spends generating n tokens (its prompt evaluation excluded)."""
+    engine.reset_cache()
+    start = time.perf_counter()
+    events = list(engine.chat(msgs, {**GEN_OPTS, "num_predict": n, "num_ctx": n_ctx}))
+    total = time.perf_counter() - start
+    done = events[-1]
+    assert done.metrics.eval_count == n, done
+    return total - done.metrics.prompt_eval_duration / 1e9
+
+
+def generation(path: Path, lengths: tuple[int, ...], reps: int) -> Section:
+    with never_eog():
+        return _generation(path, lengths, reps)
+
+
+def _generation(path: Path, lengths: tuple[int, ...], reps: int) -> Section:
+    n_ctx = 4096
+    engine = _engine(path, n_ctx)
+    bare = BareLoop(path, n_ctx, 512, threads())
+    msgs = [{"role": "user", "content": "Tell me a long story about a lighthouse keeper."}]
+    tokens = engine.tokenize(engine.render(msgs))
+    section = Section("Generation: engine vs bare llama-cpp-python decode loop (greedy)")
+    try:
+        _engine_generate(engine, msgs, 8, n_ctx)  # warm-up
+        bare.generate(tokens, 8)
+        for n in lengths:
+            ours, base = [], []
+            for _ in range(reps):  # interleaved, so drift hits both alike
+                base.append(n / bare.generate(tokens, n))
+                ours.append(n / _engine_generate(engine, msgs, n, n_ctx))
+            o, b = median(ours), median(base)
+            section.rows.append(Row(f"{n} tokens generated", f"{o:.1f} tok/s", f"{b:.1f} tok/s",
+                                    o / b, ">= 0.97"))
+        # Prompt evaluation: same tokens, empty cache, same batch size.
+        ptoks = engine.tokenize(engine.render([{"role": "user", "content": LONG_PROMPT}]))
+        ours, base = [], []
+        for _ in range(reps):
+            base.append(len(ptoks) / bare.eval_prompt(ptoks))
+            engine.reset_cache()
+            events = list(engine.chat([{"role": "user", "content": LONG_PROMPT}],
+                                      {**GEN_OPTS, "num_predict": 1, "num_ctx": n_ctx}))
+            m = events[-1].metrics
+            assert m.prompt_eval_count == len(ptoks)
+            ours.append(m.prompt_eval_count / (m.prompt_eval_duration / 1e9))
+        o, b = median(ours), median(base)
+        section.rows.append(Row(f"prompt evaluation ({len(ptoks)} tokens)", f"{o:.1f} tok/s",
+                                f"{b:.1f} tok/s", o / b, ">= 0.97"))
+    finally:
+        engine.close()
+        bare.close()
+    return section
+
+
+def multi_turn(path: Path, turns: int) -> Section:
+    from chatcli.events import ContentDelta
+
+    engine = _engine(path, 8192)
+    msgs: list[dict] = [{"role": "system", "content": "You are a helpful assistant."}]
+    lines = ["| turn | prompt tokens | evaluated | new in this turn | time to first token |",
+             "|---:|---:|---:|---:|---:|"]
+    ttfts, evaluated_ok = [], True
+    previous = 0
+    try:
+        for turn in range(1, turns + 1):
+            msgs.append({"role": "user", "content": f"Give me fact number {turn} about the sea."})
+            full = len(engine.tokenize(engine.render(msgs)))
+            start = time.perf_counter()
+            first = None
+            text = []
+            for event in engine.chat(msgs, {**GEN_OPTS, "num_predict": 24, "num_ctx": 8192}):
+                if isinstance(event, ContentDelta):
+                    first = first or time.perf_counter()
+                    text.append(event.text)
+                done = event
+            ttft = (first or time.perf_counter()) - start
+            ttfts.append(ttft)
+            evaluated = done.metrics.prompt_eval_count
+            new = full - previous
+            # The previous answer may be re-tokenised differently: allow a few tokens of slack.
+            evaluated_ok &= evaluated <= new + 4 or turn == 1
+            lines.append(f"| {turn} | {full} | {evaluated} | {new} | {ttft * 1000:.0f} ms |")
+            msgs.append({"role": "assistant", "content": "".join(text)})
+            previous = full + done.metrics.eval_count
+    finally:
+        engine.close()
+    early = median(ttfts[1:4])
+    late = median(ttfts[-3:])
+    section = Section(f"Multi-turn: {turns} turns, 24-token answers")
+    section.rows.append(Row(f"time to first token, turns {turns - 2}-{turns} vs 2-4",
+                            f"{late * 1000:.0f} ms", f"{early * 1000:.0f} ms", late / early,
+                            "<= 1.5"))
+    section.rows.append(Row("only the new turn evaluated, every turn", "yes" if evaluated_ok
+                            else "NO", "", None, ""))
+    section.text = "\n".join(lines)
+    return section
+
+
+def memory(path: Path, turns: int) -> Section:
+    from chatcli.engine import Engine
+
+    engine = Engine(path, options={"num_ctx": 2048})
+    msgs: list[dict] = []
+    after_first = None
+    try:
+        for turn in range(1, turns + 1):
+            msgs.append({"role": "user", "content": f"Say a word about the number {turn}."})
+            events = list(engine.chat(msgs, {**GEN_OPTS, "num_predict": 8, "num_ctx": 2048}))
+            text = "".join(getattr(e, "text", "") for e in events)
+            msgs.append({"role": "assistant", "content": text})
+            if turn == 1:
+                after_first = rss_mb()
+        after_all = rss_mb()
+        kv_mb = engine._ctx.get_state_size() / 2**20
+    finally:
+        engine.close()
+    section = Section(f"Memory: RSS after 1 turn and after {turns} turns (num_ctx 2048)")
+    section.rows.append(Row(f"RSS after {turns} turns vs after 1", f"{after_all:.0f} MB",
+                            f"{after_first:.0f} MB", after_all / after_first, "<= 1.05",
+                            f"KV cache + state {kv_mb:.0f} MB, allocated up front"))
+    return section
