@@ -58,7 +58,7 @@ def main() -> int:
     from . import engine_bench, terminal_bench
 
     quick = args.quick
-    reps = 1 if quick else 3
+    reps = 1 if quick else 5
     wanted = set(args.only.split(","))
     runs = {
         "generation": lambda: engine_bench.generation(path, (32, 128) if quick else (128, 2048),

@@ -59,6 +59,11 @@ def median(values: list[float]) -> float:
     return statistics.median(values)
 
 
+def best(values: list[float]) -> float:
+    """The best of interleaved repetitions: on a shared machine noise only ever slows a run."""
+    return max(values)
+
+
 @contextmanager
 def never_eog():
     """Within the block, generation runs to num_predict (so long answers can be measured):
@@ -100,15 +105,39 @@ class BareLoop:
         self.sampler = _internals.LlamaSampler()
         self.sampler.add_greedy()
         self.n_batch = n_batch
+        self.cached: list[int] = []
 
     def eval_prompt(self, tokens: list[int]) -> float:
         """Seconds to evaluate ``tokens`` from an empty cache."""
         self.ctx.kv_cache_clear()
+        self.cached = []
         start = time.perf_counter()
-        for i in range(0, len(tokens), self.n_batch):
-            self.batch.set_batch(tokens[i : i + self.n_batch], n_past=i, logits_all=False)
-            self.ctx.decode(self.batch)
+        self._decode(tokens, 0)
         return time.perf_counter() - start
+
+    def sync(self, tokens: list[int], upto: int) -> None:
+        """Make the KV cache hold exactly tokens[:upto] (untimed catch-up)."""
+        from chatcli.engine import common_prefix
+
+        keep = common_prefix(self.cached, tokens[:upto])
+        self.ctx.kv_cache_seq_rm(0, keep, -1)
+        self._decode(tokens[keep:upto], keep)
+        self.cached = list(tokens[:upto])
+
+    def first_token(self, tokens: list[int], start: int) -> float:
+        """Seconds to evaluate tokens[start:] on top of the cache and sample one token."""
+        begin = time.perf_counter()
+        self._decode(tokens[start:], start)
+        self.lc.llama_sampler_sample(self.sampler.sampler, self.ctx.ctx, -1)
+        elapsed = time.perf_counter() - begin
+        self.cached = list(tokens)
+        return elapsed
+
+    def _decode(self, tokens: list[int], n_past: int) -> None:
+        for i in range(0, len(tokens), self.n_batch):
+            self.batch.set_batch(tokens[i : i + self.n_batch], n_past=n_past + i,
+                                 logits_all=False)
+            self.ctx.decode(self.batch)
 
     def generate(self, tokens: list[int], n: int) -> float:
         """Seconds to generate ``n`` tokens after the prompt (prompt time excluded)."""

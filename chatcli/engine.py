@@ -60,6 +60,7 @@ class Engine:
         self._ctx_shape: tuple[int, int] | None = None
         self._threads = 0
         self._cache: list[int] = []  # tokens whose K/V are in the context, from position 0
+        self._cut: tuple[int, Any] | None = None  # where the last trim cut the conversation
         meta = self._model.metadata
         self.template = ChatTemplate(
             meta.get("tokenizer.chat_template"),
@@ -204,8 +205,11 @@ class Engine:
         """Tokenize the conversation, dropping the oldest turns until it fits num_ctx.
 
         System messages and the latest message are never dropped, and the kept history starts
-        with a user message so that templates insisting on alternation accept it. The cut point
-        is found by binary search: O(log n) renders, however long the conversation.
+        with a user message so that templates insisting on alternation accept it. When turns
+        must go, enough go to free half the context, and later turns keep that same cut while
+        it fits: the prompt's start then stays put and the KV cache is reused, instead of every
+        turn shifting the cut by one turn and re-reading everything (Ollama's context shift
+        plays the same role). Cut points are found by binary search: O(log n) renders.
         """
         n_ctx = self.n_ctx
         predict = opts["num_predict"]
@@ -216,32 +220,48 @@ class Engine:
             kept = [m for i, m in enumerate(msgs) if i >= start or m.get("role") == "system"]
             return self.tokenize(self.render(kept, **template_vars))
 
+        def result(start: int, tokens: list[int]) -> tuple[list[int], int, int]:
+            dropped = sum(1 for m in msgs[:start] if m.get("role") != "system")
+            self._cut = (start, msgs[start].get("content")) if dropped else None
+            return tokens, dropped, len(msgs) - dropped
+
         tokens = render(0)
         if len(tokens) + reserve <= n_ctx:
-            return tokens, 0, len(msgs)
+            return result(0, tokens)
         last = len(msgs) - 1
+        if self._cut is not None:
+            index, content = self._cut
+            if 0 < index <= last and msgs[index].get("content") == content:
+                tokens = render(index)
+                if len(tokens) + reserve <= n_ctx:
+                    return result(index, tokens)
         cuts = [i for i, m in enumerate(msgs) if 0 < i < last and m.get("role") == "user"]
         cuts.append(last)
-        lo, hi = 0, len(cuts) - 1  # find the earliest cut that fits with room to answer
-        best: tuple[int, list[int]] | None = None
+        for room in (max(reserve, n_ctx // 2), reserve):
+            found = self._earliest_cut(cuts, render, n_ctx - room)
+            if found is not None:
+                return result(*found)
+        tokens = render(last)
+        if len(tokens) >= n_ctx:
+            raise ContextOverflowError(
+                f"the prompt is {len(tokens)} tokens but num_ctx is {n_ctx}; "
+                "shorten the message or raise num_ctx"
+            )
+        return result(last, tokens)  # only the essentials left: answer in the room remaining
+
+    @staticmethod
+    def _earliest_cut(cuts, render, limit: int) -> tuple[int, list[int]] | None:
+        """Binary search for the earliest cut whose prompt is at most ``limit`` tokens."""
+        lo, hi = 0, len(cuts) - 1
+        best = None
         while lo <= hi:
             mid = (lo + hi) // 2
-            candidate = render(cuts[mid])
-            if len(candidate) + reserve <= n_ctx:
-                best, hi = (cuts[mid], candidate), mid - 1
+            tokens = render(cuts[mid])
+            if len(tokens) <= limit:
+                best, hi = (cuts[mid], tokens), mid - 1
             else:
                 lo = mid + 1
-        if best is None:
-            candidate = render(last)
-            if len(candidate) >= n_ctx:
-                raise ContextOverflowError(
-                    f"the prompt is {len(candidate)} tokens but num_ctx is {n_ctx}; "
-                    "shorten the message or raise num_ctx"
-                )
-            best = (last, candidate)  # only the essentials left: answer in the room remaining
-        start, tokens = best
-        dropped = sum(1 for m in msgs[:start] if m.get("role") != "system")
-        return tokens, dropped, len(msgs) - dropped
+        return best
 
     def _sampler(self, opts: Mapping[str, Any], prompt: Sequence[int]):
         from llama_cpp import _internals

@@ -217,3 +217,29 @@ def test_trimming_keeps_rules_and_renders_logarithmically(tiny_gguf):
         assert len(tokens) + 64 <= 256  # room is left for the answer
     finally:
         eng.close()
+
+
+def test_after_a_trim_later_turns_keep_the_cut_and_reuse_the_cache(tiny_gguf):
+    eng = Engine(tiny_gguf, options={"num_ctx": 512})
+    try:
+        opts = {**DET, "num_ctx": 512, "num_predict": 4}
+        msgs = [{"role": "system", "content": "sys"}]
+        for i in range(30):
+            msgs += [{"role": "user", "content": f"question {i} " + "a " * 10},
+                     {"role": "assistant", "content": f"answer {i} " + "b " * 10}]
+        msgs.append({"role": "user", "content": "next"})
+        first = list(eng.chat(msgs, opts))[-1]
+        assert first.trimmed > 0
+        evaluated = []
+        for turn in range(4):
+            msgs += [{"role": "assistant", "content": f"reply {turn}"},
+                     {"role": "user", "content": f"more {turn}"}]
+            done = list(eng.chat(msgs, opts))[-1]
+            evaluated.append(done.metrics.prompt_eval_count)
+            assert done.trimmed >= first.trimmed
+        # Only the new turn is read each time: the cut did not move.
+        assert max(evaluated) < 40, evaluated
+        # And half the context was freed, so the prompt sits well below num_ctx.
+        assert len(eng._cache) < 512 * 0.75
+    finally:
+        eng.close()
