@@ -48,10 +48,13 @@ def sigint_cancels(cancel: threading.Event):
 
 
 def stream_answer(
-    events: Generator, out: Any, cancel: threading.Event, *, verbose: bool = False
+    events: Generator, out: Any, cancel: threading.Event, *, verbose: bool = False,
+    fence: str | None = None,
 ) -> Outcome:
-    """Render ``events`` to ``out``; returns how the answer ended."""
+    """Render ``events`` to ``out``; returns how the answer ended. With ``fence`` (a language
+    name) the answer is shown as a code block of that language (JSON answers)."""
     done: Done | None = None
+    opened = False
     trimmed: Trimmed | None = None
     interrupted = False
     with sigint_cancels(cancel):
@@ -59,6 +62,9 @@ def stream_answer(
         try:
             for event in events:
                 if isinstance(event, ContentDelta):
+                    if fence and not opened:
+                        out.content(f"```{fence}\n")
+                        opened = True
                     out.content(event.text)
                 elif isinstance(event, ThinkingDelta):
                     out.thinking(event.text)
@@ -72,6 +78,8 @@ def stream_answer(
             interrupted = True
             events.close()
         finally:
+            if opened:
+                out.content("\n```")
             out.end()
     outcome = Outcome(done, interrupted)
     if trimmed is not None:

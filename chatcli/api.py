@@ -14,14 +14,14 @@ from datetime import datetime, timezone
 from typing import Any
 
 from . import options as opts_mod
-from .client import check_unsupported, with_model_system
+from .client import with_model_system
 from .conversation import ROLES
-from .errors import ChatCliError, NotSupportedError, RequestError
-from .events import ContentDelta, Done
+from .errors import ChatCliError, RequestError
+from .events import ContentDelta, Done, ThinkingDelta, ToolCall
 from .keepalive import parse_keep_alive
 from .loaded import CACHE
 from .models import DEFAULT_MODEL, resolve
-from .responses import ChatResponse, Message
+from .responses import ChatResponse, Message, ToolCallFunction, ToolCallRecord
 
 
 def _now() -> str:
@@ -34,8 +34,31 @@ def _field(message: Any, name: str) -> Any:
     return getattr(message, name, None)
 
 
+def _tool_calls(value: Any, index: int) -> list[dict[str, Any]]:
+    """The seed's tool_calls: [{"function": {"name": str, "arguments": dict}}] (objects too)."""
+    import json
+
+    calls = []
+    for call in value:
+        function = _field(call, "function")
+        name = _field(function, "name") if function is not None else None
+        arguments = _field(function, "arguments") if function is not None else None
+        if isinstance(arguments, str):
+            try:
+                arguments = json.loads(arguments)
+            except ValueError:
+                arguments = None
+        if hasattr(arguments, "items") and not isinstance(arguments, dict):
+            arguments = dict(arguments)
+        if not isinstance(name, str) or not isinstance(arguments, dict):
+            raise RequestError(f"message {index}: each tool call needs function.name and "
+                               "function.arguments (an object)")
+        calls.append({"function": {"name": name, "arguments": arguments}})
+    return calls
+
+
 def normalize_messages(messages: Sequence[Any] | None) -> list[dict[str, Any]]:
-    """Check roles and contents; return plain dicts for the chat template."""
+    """Check roles and fields; return plain dicts (the seed's message shape)."""
     if messages is None:
         return []
     if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
@@ -52,11 +75,21 @@ def normalize_messages(messages: Sequence[Any] | None) -> list[dict[str, Any]]:
             content = ""
         if not isinstance(content, str):
             raise RequestError(f"message {i}: content must be a string")
-        if _field(message, "images"):
-            raise NotSupportedError("images are not supported yet")
+        clean: dict[str, Any] = {"role": role, "content": content}
+        for key in ("thinking", "tool_name"):
+            value = _field(message, key)
+            if value is not None:
+                if not isinstance(value, str):
+                    raise RequestError(f"message {i}: {key} must be a string")
+                clean[key] = value
         if _field(message, "tool_calls"):
-            raise NotSupportedError("tool calls in messages are not supported yet")
-        out.append({"role": role, "content": content})
+            clean["tool_calls"] = _tool_calls(_field(message, "tool_calls"), i)
+        images = _field(message, "images")
+        if images:
+            if isinstance(images, (str, bytes)) or not isinstance(images, Sequence):
+                raise RequestError(f"message {i}: images must be a list")
+            clean["images"] = list(images)
+        out.append(clean)
     return out
 
 
@@ -78,28 +111,49 @@ def chat(
     carries the metrics. Raises ``ChatCliError`` subclasses for anything the caller got wrong.
     """
     start = time.perf_counter_ns()
-    check_unsupported(format, tools, think)
     msgs = normalize_messages(messages)
     opts = opts_mod.validate(options)
     keep = parse_keep_alive(keep_alive)
     resolved = resolve(model or DEFAULT_MODEL)
     msgs = with_model_system(msgs, resolved)
-    chunks = _run(resolved, msgs, opts, keep, start)
+    request = {"tools": tools, "think": think, "format": format}
+    chunks = _run(resolved, msgs, opts, request, keep, start)
     if stream:
         return chunks
     content: list[str] = []
+    thinking: list[str] = []
+    calls: list[ToolCallRecord] = []
     final: ChatResponse | None = None
     for chunk in chunks:
         if chunk.done:
             final = chunk
-        else:
-            content.append(chunk.message.content or "")
+            continue
+        content.append(chunk.message.content or "")
+        thinking.append(chunk.message.thinking or "")
+        calls.extend(chunk.message.tool_calls or [])
     assert final is not None
     final.message.content = "".join(content)
+    final.message.thinking = "".join(thinking) or None
+    final.message.tool_calls = calls or None
     return final
 
 
-def _run(resolved, msgs, opts, keep, start) -> Iterator[ChatResponse]:
+def _chunk(name: str, event: Any) -> ChatResponse | None:
+    """One streamed chunk for a thinking, content or tool-call event."""
+    if isinstance(event, ContentDelta):
+        message = Message(role="assistant", content=event.text)
+    elif isinstance(event, ThinkingDelta):
+        message = Message(role="assistant", content="", thinking=event.text)
+    elif isinstance(event, ToolCall):
+        record = ToolCallRecord(function=ToolCallFunction(name=event.name,
+                                                          arguments=event.arguments))
+        message = Message(role="assistant", content="", tool_calls=[record])
+    else:
+        return None
+    return ChatResponse(model=name, created_at=_now(), message=message)
+
+
+def _run(resolved, msgs, opts, request, keep, start) -> Iterator[ChatResponse]:
     # Load eagerly so that a bad model fails at the call, not at the first next().
     entry = CACHE.acquire(resolved, opts)
     ready = time.perf_counter_ns()
@@ -114,12 +168,10 @@ def _run(resolved, msgs, opts, keep, start) -> Iterator[ChatResponse]:
     def generate() -> Iterator[ChatResponse]:
         try:
             with entry.lock:
-                for event in entry.engine.chat(msgs, opts):
-                    if isinstance(event, ContentDelta):
-                        yield ChatResponse(
-                            model=name, created_at=_now(),
-                            message=Message(role="assistant", content=event.text),
-                        )
+                for event in entry.engine.chat(msgs, opts, **request):
+                    chunk = _chunk(name, event)
+                    if chunk is not None:
+                        yield chunk
                     elif isinstance(event, Done):
                         m = event.metrics
                         yield ChatResponse(

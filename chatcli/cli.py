@@ -103,12 +103,15 @@ def run(
     load: Path | None = typer.Option(
         None, "--load", help="Start from a conversation saved with /save."
     ),
+    mmproj: Path | None = typer.Option(
+        None, "--mmproj", help="Vision projector (mmproj GGUF) for image input."
+    ),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks and llama.cpp logs."),
 ) -> None:
     code = guarded(debug, lambda: _run(
         model, prompt or [], system,
         _options(temperature, num_ctx, seed, num_predict, option),
-        format, think, hidethinking, verbose, nowordwrap, plain, load,
+        format, think, hidethinking, verbose, nowordwrap, plain, load, mmproj,
     ))
     raise typer.Exit(code)
 
@@ -147,7 +150,7 @@ def _silence_stdout() -> None:
 
 
 def _run(model_arg, words, system, options, format_arg, think, hidethinking, verbose,
-         nowordwrap, plain, load) -> int:
+         nowordwrap, plain, load, mmproj) -> int:
     from .client import LocalClient
     from .commands import load_format
     from .config import default_model
@@ -174,6 +177,10 @@ def _run(model_arg, words, system, options, format_arg, think, hidethinking, ver
         session.format = fmt
     if think is not None:
         session.think = think
+    if mmproj is not None:
+        if not mmproj.is_file():
+            raise Fail(f"no such projector file: {mmproj}")
+        session.projector = mmproj.resolve()
     session.switch_model(model)  # fail now, with the model's name, if it does not exist
     settings = Settings(verbose=verbose, markdown=not plain, wordwrap=not nowordwrap,
                         hide_thinking=hidethinking)
@@ -188,9 +195,12 @@ def _run(model_arg, words, system, options, format_arg, think, hidethinking, ver
     import threading
 
     from .answer import stream_answer
+    from .repl import find_images
 
+    text, images = find_images(text)
     cancel = threading.Event()
-    outcome = stream_answer(session.ask(text, cancel), state.out, cancel, verbose=verbose)
+    outcome = stream_answer(session.ask(text, cancel, images=images), state.out, cancel,
+                            verbose=verbose, fence=state.fence())
     return 130 if outcome.cancelled else 0
 
 

@@ -30,17 +30,6 @@ def with_model_system(messages: list[dict[str, Any]], model: ResolvedModel) -> l
     return [*prefix, *messages]
 
 
-def check_unsupported(format: Any, tools: Any, think: Any) -> None:
-    from .errors import NotSupportedError
-
-    if format not in (None, ""):
-        raise NotSupportedError("format (JSON mode / JSON schema) is not supported yet")
-    if tools:
-        raise NotSupportedError("tools are not supported yet")
-    if think not in (None, False):
-        raise NotSupportedError("think is not supported yet")
-
-
 class LocalClient:
     """Runs models in-process; they stay loaded for the life of the REPL."""
 
@@ -55,17 +44,21 @@ class LocalClient:
         *,
         format: Any = None,
         think: Any = None,
+        tools: Any = None,
         cancel: threading.Event | None = None,
+        projector: Any = None,
     ) -> Iterator[Event]:
         start = time.perf_counter_ns()
-        check_unsupported(format, None, think)
         resolved = resolve(model)
+        if projector is not None:
+            resolved.projector = projector
         msgs = with_model_system([dict(m) for m in messages], resolved)
         entry = CACHE.acquire(resolved, dict(options or {}))
         ready = time.perf_counter_ns()
         try:
             with entry.lock:
-                for event in entry.engine.chat(msgs, options, cancel=cancel):
+                for event in entry.engine.chat(msgs, options, format=format, think=think,
+                                               tools=tools, cancel=cancel):
                     if isinstance(event, Done):
                         event.metrics.load_duration += ready - start
                         event.metrics.total_duration = time.perf_counter_ns() - start

@@ -17,8 +17,9 @@ from typing import Any
 
 from . import backend
 from . import options as opts_mod
-from .errors import ContextOverflowError, ModelLoadError
-from .events import ContentDelta, Done, Event, Metrics, Trimmed
+from .errors import ContextOverflowError, ModelLoadError, NotSupportedError
+from .events import Done, Event, Metrics, Trimmed
+from .parsing import OutputParser
 from .template import ChatTemplate
 from .textstream import StopMatcher, Utf8Stream
 
@@ -47,9 +48,13 @@ class Engine:
         name: str | None = None,
         model_options: Mapping[str, Any] | None = None,
         options: Mapping[str, Any] | None = None,
+        projector: Path | None = None,
     ) -> None:
         self.path = Path(path)
         self.name = name or self.path.name
+        self.projector = projector  # a vision projector (mmproj) GGUF, loaded on first image
+        self._vision = None
+        self._controls: list[int] | None = None
         # Defaults that come with the model (Modelfile PARAMETER lines, registry params layer).
         self.model_options = opts_mod.validate(model_options)
         start = time.perf_counter_ns()
@@ -126,20 +131,67 @@ class Engine:
         messages: Sequence[Mapping[str, Any]],
         options: Mapping[str, Any] | None = None,
         *,
+        tools: Any = None,
+        think: Any = None,
+        format: Any = None,
         cancel: threading.Event | None = None,
         **template_vars: Any,
     ) -> Iterator[Event]:
-        """Answer the conversation; yields content deltas, maybe Trimmed, then Done.
+        """Answer the conversation; yields Trimmed (if old turns were dropped), then thinking,
+        content and tool-call events, then Done.
 
+        ``tools``, ``think`` and ``format`` have Ollama's meaning (see capabilities.plan).
         Setting ``cancel`` stops the answer within one token (or, during prompt evaluation,
         within one llama.cpp graph node); the final event is then ``Done("cancelled")``.
         """
+        from .capabilities import plan
+
         opts = self.resolve_options(options)
+        source = "" if self.template.is_fallback else self.template.source
+        how = plan(source, self.name, messages, tools=tools, think=think, format=format)
+        images = self._attach_images(how.messages)
         load_ns = self._ensure_context(opts)
-        tokens, dropped, kept = self._fit(messages, opts, template_vars)
+        tokens, dropped, kept, prompt = self._fit(how.messages, opts,
+                                                  {**how.template_vars, **template_vars})
         if dropped:
             yield Trimmed(dropped=dropped, kept=kept)
-        yield from self._generate(tokens, opts, load_ns, dropped, cancel or threading.Event())
+        if images:
+            load_ns += self._eval_images(prompt, images)
+            tokens = None
+        yield from self._generate(tokens, opts, load_ns, dropped, cancel or threading.Event(),
+                                  how.grammar, how.make_parser(prompt), how.special)
+
+    def _attach_images(self, messages: list[dict[str, Any]]) -> list[bytes]:
+        """Load the messages' images and put one media marker per image in their text."""
+        from .images import load_image
+        from .vision import MARKER
+
+        images: list[bytes] = []
+        for message in messages:
+            data = [load_image(x) for x in message.pop("images", None) or ()]
+            if data:
+                images += data
+                message["content"] = MARKER * len(data) + "\n" + message.get("content", "")
+        if images and self.projector is None:
+            raise NotSupportedError(
+                f"model '{self.name}' does not support images (it has no vision projector; "
+                "use a model that has one, or give its mmproj file with --mmproj)"
+            )
+        return images
+
+    def _eval_images(self, prompt: str, images: list[bytes]) -> int:
+        """Evaluate a prompt with images from position 0 (no KV reuse across image turns)."""
+        from .vision import Vision
+
+        start = time.perf_counter_ns()
+        if self._vision is None:
+            self._vision = Vision(Path(self.projector), self._model.model.model, self._threads)
+        self._cache.clear()
+        self._ctx.kv_cache_clear()
+        n_past = self._vision.eval(self._ctx.ctx, prompt, images, self._ctx_shape[1])
+        # Positions only: -1 never equals a real token, so the next turn re-reads everything.
+        self._cache.extend([-1] * n_past)
+        return time.perf_counter_ns() - start
 
     def reset_cache(self) -> None:
         """Forget the KV cache (the next turn evaluates its whole prompt)."""
@@ -150,6 +202,9 @@ class Engine:
     def close(self) -> None:
         """Free the context and the weights."""
         self._cache.clear()
+        if self._vision is not None:
+            self._vision.close()
+            self._vision = None
         if self._batch is not None:
             self._batch.close()
         if self._ctx is not None:
@@ -158,6 +213,17 @@ class Engine:
         self._model.close()
 
     # -- internals -------------------------------------------------------------------------
+
+    def _control_tokens(self) -> list[int]:
+        """Control tokens that do not end generation (computed once per model)."""
+        if self._controls is None:
+            lc, vocab = backend.llama(), self._model.vocab
+            self._controls = [
+                t for t in range(lc.llama_vocab_n_tokens(vocab))
+                if lc.llama_vocab_get_attr(vocab, t) & lc.LLAMA_TOKEN_ATTR_CONTROL
+                and not lc.llama_vocab_is_eog(vocab, t)
+            ]
+        return self._controls
 
     def _token_text(self, token: int) -> str:
         if token < 0:
@@ -201,7 +267,7 @@ class Engine:
         messages: Sequence[Mapping[str, Any]],
         opts: Mapping[str, Any],
         template_vars: Mapping[str, Any],
-    ) -> tuple[list[int], int, int]:
+    ) -> tuple[list[int], int, int, str]:
         """Tokenize the conversation, dropping the oldest turns until it fits num_ctx.
 
         System messages and the latest message are never dropped, and the kept history starts
@@ -216,14 +282,17 @@ class Engine:
         reserve = min(predict if predict > 0 else ANSWER_RESERVE, n_ctx // 4)
         msgs = list(messages)
 
+        texts: dict[int, str] = {}
+
         def render(start: int) -> list[int]:
             kept = [m for i, m in enumerate(msgs) if i >= start or m.get("role") == "system"]
-            return self.tokenize(self.render(kept, **template_vars))
+            texts[start] = self.render(kept, **template_vars)
+            return self.tokenize(texts[start])
 
-        def result(start: int, tokens: list[int]) -> tuple[list[int], int, int]:
+        def result(start: int, tokens: list[int]) -> tuple[list[int], int, int, str]:
             dropped = sum(1 for m in msgs[:start] if m.get("role") != "system")
             self._cut = (start, msgs[start].get("content")) if dropped else None
-            return tokens, dropped, len(msgs) - dropped
+            return tokens, dropped, len(msgs) - dropped, texts[start]
 
         tokens = render(0)
         if len(tokens) + reserve <= n_ctx:
@@ -263,10 +332,23 @@ class Engine:
                 lo = mid + 1
         return best
 
-    def _sampler(self, opts: Mapping[str, Any], prompt: Sequence[int]):
+    def _sampler(self, opts: Mapping[str, Any], prompt: Sequence[int], grammar: str | None):
         from llama_cpp import _internals
 
+        from .structured import StructuredOutputError
+
         sampler = _internals.LlamaSampler()
+        if grammar is not None:
+            lc = backend.llama()
+            # Control tokens (<|im_start|>...) never belong in structured output.
+            sampler.add_logit_bias(self._model.model.n_vocab(),
+                                   dict.fromkeys(self._control_tokens(), float("-inf")))
+            constraint = lc.llama_sampler_init_grammar(self._model.vocab, grammar.encode(),
+                                                       b"root")
+            if not constraint:
+                sampler.close()
+                raise StructuredOutputError("llama.cpp's grammar engine rejected the format")
+            lc.llama_sampler_chain_add(sampler.sampler, constraint)
         last_n = opts["repeat_last_n"]
         if last_n == -1:
             last_n = self.n_ctx
@@ -276,13 +358,17 @@ class Engine:
             or opts["frequency_penalty"] != 0.0
         )
         if penalize:
-            sampler.add_penalties(
-                self._model.model.n_vocab(),
-                last_n,
-                opts["repeat_penalty"],
-                opts["frequency_penalty"],
-                opts["presence_penalty"],
+            lc = backend.llama()
+            penalties = lc.llama_sampler_init_penalties(
+                self._model.model.n_vocab(), last_n, opts["repeat_penalty"],
+                opts["frequency_penalty"], opts["presence_penalty"],
             )
+            # The penalties look back over the conversation too, as in Ollama. Only this
+            # sampler sees the prompt: a grammar fed the template's tokens would throw (a C++
+            # exception that ends the process).
+            for tok in prompt[-last_n:]:
+                lc.llama_sampler_accept(penalties, tok)
+            lc.llama_sampler_chain_add(sampler.sampler, penalties)
         if opts["temperature"] <= 0:
             sampler.add_greedy()
         else:
@@ -295,10 +381,6 @@ class Engine:
             sampler.add_temp(opts["temperature"])
             seed = opts["seed"]
             sampler.add_dist(_RANDOM_SEED if seed is None or seed < 0 else seed)
-        if penalize:
-            # The penalties look back over the conversation too, as in Ollama.
-            for tok in prompt[-last_n:]:
-                sampler.accept(tok)
         return sampler
 
     def _eval_prompt(self, tokens: list[int], n_past: int, cancel: threading.Event) -> bool:
@@ -325,31 +407,38 @@ class Engine:
 
     def _generate(
         self,
-        tokens: list[int],
+        tokens: list[int] | None,
         opts: Mapping[str, Any],
         load_ns: int,
         dropped: int,
         cancel: threading.Event,
+        grammar: str | None,
+        parser: OutputParser,
+        special: bool,
     ) -> Iterator[Event]:
         lc = backend.llama()
         ctx, batch, cache = self._ctx, self._batch, self._cache
         n_ctx = self._ctx_shape[0]
         metrics = Metrics(load_duration=load_ns)
 
-        # Prompt: evaluate only what the KV cache does not already hold. At least one token
-        # is evaluated so that there are fresh logits to sample from.
-        n_past = min(common_prefix(cache, tokens), len(tokens) - 1)
-        del cache[n_past:]  # shrink our record first: it must never claim more than the KV has
-        ctx.kv_cache_seq_rm(0, n_past, -1)
-        start = time.perf_counter_ns()
-        finished = self._eval_prompt(tokens, n_past, cancel)
-        metrics.prompt_eval_count = len(cache) - n_past
-        metrics.prompt_eval_duration = time.perf_counter_ns() - start
-        if not finished:
-            yield Done(done_reason="cancelled", metrics=metrics, trimmed=dropped)
-            return
+        if tokens is None:  # the prompt (with images) is already in the context
+            tokens = list(cache)
+            metrics.prompt_eval_count = len(cache)
+        else:
+            # Prompt: evaluate only what the KV cache does not already hold. At least one token
+            # is evaluated so that there are fresh logits to sample from.
+            n_past = min(common_prefix(cache, tokens), len(tokens) - 1)
+            del cache[n_past:]  # shrink our record first: it must never claim more than the KV
+            ctx.kv_cache_seq_rm(0, n_past, -1)
+            start = time.perf_counter_ns()
+            finished = self._eval_prompt(tokens, n_past, cancel)
+            metrics.prompt_eval_count = len(cache) - n_past
+            metrics.prompt_eval_duration = time.perf_counter_ns() - start
+            if not finished:
+                yield Done(done_reason="cancelled", metrics=metrics, trimmed=dropped)
+                return
 
-        sampler = self._sampler(opts, tokens)
+        sampler = self._sampler(opts, [t for t in tokens if t >= 0], grammar)
         limit = opts["num_predict"]
         if limit < 0:
             limit = n_ctx  # -1 (until done) and -2 (fill the context) both end at the context
@@ -370,7 +459,6 @@ class Engine:
         eval_ns = 0
         count = 0
         done_reason = "stop"
-        leading = True  # strip whitespace before the first visible character
         t = now()
         try:
             while True:
@@ -381,20 +469,18 @@ class Engine:
                 if is_eog(vocab, tok):
                     break
                 count += 1
-                n = to_piece(vocab, tok, buf, buf_size, 0, False)
+                n = to_piece(vocab, tok, buf, buf_size, 0, special)
                 if n < 0:  # piece longer than the buffer: grow it once
                     buf_size = -n
                     buf = ctypes.create_string_buffer(buf_size)
-                    n = to_piece(vocab, tok, buf, buf_size, 0, False)
+                    n = to_piece(vocab, tok, buf, buf_size, 0, special)
                 text = utf8.feed(buf.raw[:n])
                 if text:
                     text = stops.feed(text)
-                    if leading and text:
-                        text = text.lstrip()
-                        leading = not text
-                    if text:
+                    events = parser.feed(text) if text else ()
+                    if events:
                         eval_ns += now() - t
-                        yield ContentDelta(text)
+                        yield from events
                         t = now()
                     if stops.stopped:
                         break
@@ -412,12 +498,9 @@ class Engine:
                     break
                 cache.append(tok)
             eval_ns += now() - t
-            tail = stops.feed(utf8.flush()) if not stops.stopped else ""
-            tail += stops.flush() if not stops.stopped else ""
-            if leading:
-                tail = tail.lstrip()
-            if tail:
-                yield ContentDelta(tail)
+            tail = "" if stops.stopped else stops.feed(utf8.flush()) + stops.flush()
+            yield from parser.feed(tail) if tail else ()
+            yield from parser.finish()
         finally:
             sampler.close()
         metrics.eval_count = count

@@ -35,9 +35,11 @@ class ModelCache:
             entry = self._entries.get(key)
             if entry is None:
                 engine = load(model.path, name=model.name, model_options=model.options,
-                              options=options)
+                              options=options, projector=model.projector)
                 entry = LoadedEntry(engine=engine, model=model)
                 self._entries[key] = entry
+            if model.projector is not None:
+                entry.engine.projector = model.projector
             entry.users += 1
             if entry.timer is not None:
                 entry.timer.cancel()

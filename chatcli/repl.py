@@ -11,6 +11,7 @@ import os
 import sys
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from prompt_toolkit.completion import Completer, Completion
@@ -37,6 +38,25 @@ class Settings:
 def multiline_open(text: str) -> bool:
     """True while a \"\"\" block is still open, so Enter should insert a newline."""
     return text.count('"""') % 2 == 1
+
+
+def find_images(text: str) -> tuple[str, list[str]]:
+    """Image files named in a message (as `ollama run` attaches them): the text without those
+    paths, and the paths."""
+    import shlex
+
+    from .images import IMAGE_SUFFIXES
+
+    try:
+        words = shlex.split(text, posix=True)
+    except ValueError:
+        words = text.split()
+    paths = [w for w in words if w.lower().endswith(IMAGE_SUFFIXES)
+             and Path(w).expanduser().is_file()]
+    for path in paths:
+        for form in (f"'{path}'", f'"{path}"', path):
+            text = text.replace(form, "", 1) if form in text else text
+    return " ".join(text.split()) if paths else text, paths
 
 
 def compose_message(text: str, files: list[tuple[str, str]]) -> str:
@@ -76,17 +96,24 @@ class ReplState:
 
     def ask(self, text: str) -> None:
         """Send a message (with any /read files) and show the answer."""
+        text, images = find_images(text)
+        for path in images:
+            self.out.note(f"Added image '{path}'")
         message = compose_message(text, self.pending_files)
         self.pending_files = []
         cancel = threading.Event()
-        stream_answer(self.session.ask(message, cancel), self.out, cancel,
-                      verbose=self.settings.verbose)
+        stream_answer(self.session.ask(message, cancel, images=images), self.out, cancel,
+                      verbose=self.settings.verbose, fence=self.fence())
 
     def retry(self) -> None:
         """Answer the last question again."""
         cancel = threading.Event()
         stream_answer(self.session.retry(cancel), self.out, cancel,
-                      verbose=self.settings.verbose)
+                      verbose=self.settings.verbose, fence=self.fence())
+
+    def fence(self) -> str | None:
+        """JSON answers (format set) are shown as a highlighted JSON block in Markdown mode."""
+        return "json" if self.session.format and self.settings.markdown else None
 
     def model_names(self) -> list[str]:
         from .catalog import model_names

@@ -17,7 +17,7 @@ from typing import Any
 from . import conversation
 from . import options as opts_mod
 from .errors import RequestError
-from .events import ContentDelta, Done, Event, ThinkingDelta
+from .events import ContentDelta, Done, Event, ThinkingDelta, ToolCall
 
 
 class Session:
@@ -37,6 +37,7 @@ class Session:
         self.options: dict[str, Any] = opts_mod.validate(options)
         self.format = format
         self.think = think
+        self.projector: Path | None = None  # --mmproj: a vision projector for the model
         self.last_done: Done | None = None
         if system:
             self.set_system(system)
@@ -61,9 +62,14 @@ class Session:
 
     # -- the conversation ------------------------------------------------------------------
 
-    def ask(self, text: str, cancel: threading.Event | None = None) -> Iterator[Event]:
-        """Send a user message and stream the answer's events."""
-        self.messages.append({"role": "user", "content": text})
+    def ask(
+        self, text: str, cancel: threading.Event | None = None, images: list[Any] | None = None
+    ) -> Iterator[Event]:
+        """Send a user message (with optional images) and stream the answer's events."""
+        message: dict[str, Any] = {"role": "user", "content": text}
+        if images:
+            message["images"] = list(images)
+        self.messages.append(message)
         return self._answer(cancel)
 
     def retry(self, cancel: threading.Event | None = None) -> Iterator[Event]:
@@ -98,25 +104,32 @@ class Session:
     def _answer(self, cancel: threading.Event | None) -> Iterator[Event]:
         content: list[str] = []
         thinking: list[str] = []
+        calls: list[dict[str, Any]] = []
         self.last_done = None
         try:
+            extra = {"projector": self.projector} if self.projector else {}
             for event in self.client.chat(
                 self.model, self.messages, self.options,
-                format=self.format, think=self.think, cancel=cancel,
+                format=self.format, think=self.think, cancel=cancel, **extra,
             ):
                 if isinstance(event, ContentDelta):
                     content.append(event.text)
                 elif isinstance(event, ThinkingDelta):
                     thinking.append(event.text)
+                elif isinstance(event, ToolCall):
+                    calls.append({"function": {"name": event.name,
+                                               "arguments": event.arguments}})
                 elif isinstance(event, Done):
                     self.last_done = event
                 yield event
         finally:
             answer = "".join(content)
-            if answer or thinking:
+            if answer or thinking or calls:
                 message: dict[str, Any] = {"role": "assistant", "content": answer}
                 if thinking:
                     message["thinking"] = "".join(thinking)
+                if calls:
+                    message["tool_calls"] = calls
                 self.messages.append(message)
             elif self.messages and self.messages[-1]["role"] == "user":
                 self.messages.pop()

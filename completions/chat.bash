@@ -36,14 +36,14 @@ _chat() {
             COMPREPLY=($(compgen -W "--debug --help -h" -- "$cur"));;
         run)
             case "$prev" in
-                --format|--load) COMPREPLY=($(compgen -f -- "$cur")); return;;
+                --format|--load|--mmproj) COMPREPLY=($(compgen -f -- "$cur")); return;;
                 --system|--temperature|--num-ctx|--seed|--num-predict|--option|-o) return;;
             esac
             if [[ "$cur" != -* ]]; then
                 COMPREPLY=($(compgen -W "$(chat list 2>/dev/null | awk 'NR>1 {print $1}')" -- "$cur"))
                 return
             fi
-            COMPREPLY=($(compgen -W "--system --temperature --num-ctx --seed --num-predict --option -o --format --think --nothink --hidethinking --verbose --nowordwrap --plain --load --debug --help -h" -- "$cur"));;
+            COMPREPLY=($(compgen -W "--system --temperature --num-ctx --seed --num-predict --option -o --format --think --nothink --hidethinking --verbose --nowordwrap --plain --load --mmproj --debug --help -h" -- "$cur"));;
         show)
             case "$prev" in
             esac

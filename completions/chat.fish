@@ -38,6 +38,7 @@ complete -c chat -n '__fish_seen_subcommand_from run' -l verbose -d 'Show timing
 complete -c chat -n '__fish_seen_subcommand_from run' -l nowordwrap -d 'Do not wrap plain text.'
 complete -c chat -n '__fish_seen_subcommand_from run' -l plain -d 'Raw text instead of Markdown.'
 complete -c chat -n '__fish_seen_subcommand_from run' -l load -r -F -d 'Start from a conversation saved with /save.'
+complete -c chat -n '__fish_seen_subcommand_from run' -l mmproj -r -F -d 'Vision projector (mmproj GGUF) for image input.'
 complete -c chat -n '__fish_seen_subcommand_from run' -l debug -d 'Show tracebacks and llama.cpp logs.'
 complete -c chat -n '__fish_seen_subcommand_from run' -l help -s h -d 'Show help and exit.'
 complete -c chat -n '__fish_seen_subcommand_from run' -a '(chat list 2>/dev/null | awk 'NR>1 {print $1}')'

@@ -208,7 +208,7 @@ def test_trimming_keeps_rules_and_renders_logarithmically(tiny_gguf):
         calls = []
         real_render = eng.render
         eng.render = lambda m, **kw: calls.append(m) or real_render(m, **kw)
-        tokens, dropped, kept = eng._fit(msgs, eng.resolve_options({"num_ctx": 256}), {})
+        tokens, dropped, kept, _ = eng._fit(msgs, eng.resolve_options({"num_ctx": 256}), {})
         assert len(calls) <= 12  # binary search over 200 turns, not one render per drop
         kept_msgs = [m for m in calls if len(eng.tokenize(real_render(m))) == len(tokens)][-1]
         assert kept_msgs[0]["role"] == "system" and kept_msgs[-1]["content"] == "last question"

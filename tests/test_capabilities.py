@@ -1,0 +1,70 @@
+"""think, tools and format wired through the engine and chat(), on tiny GGUFs with real-style
+templates (their random output is fine: what matters is where it is routed)."""
+
+import pytest
+from conftest import DET
+from tiny_gguf import write_tiny_llama
+
+from chatcli import chat
+from chatcli.errors import NotSupportedError
+
+R1_STYLE = (
+    "{% for m in messages %}{% if m['role'] == 'user' %}<｜User｜>{{ m['content'] }}"
+    "{% elif m['role'] == 'assistant' %}<｜Assistant｜>{{ m['content'] }}<｜end▁of▁sentence｜>"
+    "{% endif %}{% endfor %}{% if add_generation_prompt %}<｜Assistant｜><think>\n{% endif %}"
+)
+
+
+@pytest.fixture(scope="module")
+def r1(tmp_path_factory):
+    return str(write_tiny_llama(tmp_path_factory.mktemp("r1") / "r1.gguf", chat_template=R1_STYLE))
+
+
+@pytest.fixture(scope="module")
+def plain(tmp_path_factory):
+    return str(write_tiny_llama(tmp_path_factory.mktemp("plain") / "plain.gguf"))
+
+
+def test_output_after_an_opened_think_tag_is_thinking(r1):
+    r = chat(r1, [{"role": "user", "content": "hi"}], think=True,
+             options={**DET, "num_predict": 12})
+    assert r.message.thinking and r.message.content == ""
+    chunks = list(chat(r1, [{"role": "user", "content": "hi"}], think=True, stream=True,
+                       options={**DET, "num_predict": 12}))
+    deltas = [c for c in chunks if not c.done]
+    assert deltas and all(c.message.thinking for c in deltas)
+    assert "".join(c.message.thinking for c in deltas) == r.message.thinking
+
+
+def test_think_false_hides_reasoning_and_default_separates_it(r1):
+    hidden = chat(r1, [{"role": "user", "content": "hi"}], think=False,
+                  options={**DET, "num_predict": 12})
+    assert hidden.message.thinking is None
+    default = chat(r1, [{"role": "user", "content": "hi"}], options={**DET, "num_predict": 12})
+    assert default.message.thinking  # a thinking model's reasoning never leaks into content
+
+
+def test_non_thinking_model_refuses_think(plain):
+    with pytest.raises(NotSupportedError, match="does not support thinking"):
+        chat(plain, [{"role": "user", "content": "hi"}], think=True)
+    with pytest.raises(NotSupportedError, match="think must be"):
+        chat(plain, [{"role": "user", "content": "hi"}], think="extreme")
+    r = chat(plain, [{"role": "user", "content": "hi"}], think=False,
+             options={**DET, "num_predict": 2})
+    assert r.done
+
+
+def test_model_without_tool_support_refuses_tools(plain):
+    tool = {"type": "function", "function": {"name": "f", "description": "d",
+                                             "parameters": {"type": "object", "properties": {}}}}
+    with pytest.raises(NotSupportedError, match="does not support tools"):
+        chat(plain, [{"role": "user", "content": "hi"}], tools=[tool])
+
+
+def test_thinking_is_kept_out_of_later_turns(r1):
+    first = chat(r1, [{"role": "user", "content": "hi"}], think=True,
+                 options={**DET, "num_predict": 6})
+    messages = [{"role": "user", "content": "hi"}, first.message,
+                {"role": "user", "content": "again"}]
+    second = chat(r1, messages, think=True, options={**DET, "num_predict": 6})
+    assert second.done and second.prompt_eval_count > 0
