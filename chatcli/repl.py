@@ -112,8 +112,11 @@ class ReplState:
                       verbose=self.settings.verbose, fence=self.fence())
 
     def fence(self) -> str | None:
-        """JSON answers (format set) are shown as a highlighted JSON block in Markdown mode."""
-        return "json" if self.session.format and self.settings.markdown else None
+        """JSON answers (format set) are shown as a highlighted JSON block when the output
+        renders Markdown; a pipe or --plain gets the bare JSON."""
+        from .render import MarkdownRenderer
+
+        return "json" if self.session.format and isinstance(self.out, MarkdownRenderer) else None
 
     def model_names(self) -> list[str]:
         from .catalog import model_names

@@ -68,3 +68,69 @@ def test_thinking_is_kept_out_of_later_turns(r1):
                 {"role": "user", "content": "again"}]
     second = chat(r1, messages, think=True, options={**DET, "num_predict": 6})
     assert second.done and second.prompt_eval_count > 0
+
+
+TEMPLATES = __import__("pathlib").Path(__file__).parent / "templates"
+
+
+@pytest.fixture(scope="module")
+def qwen3(tmp_path_factory):
+    template = (TEMPLATES / "qwen3.jinja").read_text()
+    return str(write_tiny_llama(tmp_path_factory.mktemp("q3") / "q3.gguf",
+                                chat_template=template))
+
+
+def get_weather(city: str) -> str:
+    """Get the current weather.
+
+    Args:
+        city: The city name.
+    """
+    return "22C"
+
+
+def test_seed_tool_flow_renders_and_answers(qwen3):
+    from chatcli.engine import Engine
+
+    messages = [
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": "",
+         "tool_calls": [{"function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]},
+        {"role": "tool", "content": "22C", "tool_name": "get_weather"},
+    ]
+    r = chat(qwen3, messages, tools=[get_weather], think=False,
+             options={**DET, "num_predict": 4, "num_ctx": 2048})
+    assert r.done and r.message.role == "assistant"
+    eng = Engine(__import__("pathlib").Path(qwen3))
+    try:
+        from chatcli.capabilities import plan
+
+        how = plan(eng.template.source, "q3", messages, tools=[get_weather], think=False)
+        prompt = eng.render(how.messages, **how.template_vars)
+    finally:
+        eng.close()
+    assert '"name": "get_weather"' in prompt and "<tool_response>\n22C\n</tool_response>" in prompt
+    assert "<think>\n\n</think>" in prompt  # think=False reached Qwen3's enable_thinking
+
+
+def test_tool_calls_come_back_in_the_seed_shape(monkeypatch, qwen3):
+    from chatcli.engine import Engine
+    from chatcli.events import ContentDelta, Done, ToolCall
+
+    def scripted(self, messages, options=None, **kw):
+        yield ContentDelta("Let me check.")
+        yield ToolCall(name="get_weather", arguments={"city": "Paris"})
+        yield Done("stop")
+
+    monkeypatch.setattr(Engine, "chat", scripted)
+    r = chat(qwen3, [{"role": "user", "content": "Weather?"}], tools=[get_weather])
+    assert r.message.content == "Let me check."
+    call = r.message.tool_calls[0]
+    assert call.function.name == "get_weather"
+    assert call["function"]["arguments"] == {"city": "Paris"}
+    chunks = list(chat(qwen3, [{"role": "user", "content": "Weather?"}], tools=[get_weather],
+                       stream=True))
+    tool_chunk = next(c for c in chunks if c.message.tool_calls)
+    assert tool_chunk.done is False and tool_chunk.message.content == ""
+    assert tool_chunk.model_dump()["message"]["tool_calls"] == [
+        {"function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]

@@ -141,3 +141,12 @@ def test_one_shot_in_a_terminal_renders_and_honours_no_color(cli_env):
     colours = re.compile(r"\x1b\[[0-9;]*(3[0-9]|38;)[0-9;]*m")
     assert colours.search(coloured), "expected syntax colours on a terminal"
     assert not colours.search(child.before), "NO_COLOR must disable colours"
+
+
+def test_format_json_on_a_pipe_prints_plain_json(cli_env):
+    import json
+
+    p = run(["run", "smollm2:135m", "--format", "json", "--temperature", "0",
+             "--num-predict", "200", "List two fruits as JSON."], cli_env, input="")
+    assert p.returncode == 0, p.stderr
+    assert isinstance(json.loads(p.stdout), dict)  # no code fence off a terminal
