@@ -63,6 +63,17 @@ class ModelCache:
             entry.timer.daemon = True
             entry.timer.start()
 
+    def release_now(self, entry: LoadedEntry) -> None:
+        """Unload ``entry`` as soon as nobody uses it (keep_alive 0)."""
+        with self._lock:
+            if entry.timer is not None:
+                entry.timer.cancel()
+                entry.timer = None
+            if entry.users == 0:
+                self._unload_locked(entry)
+            else:
+                entry.expires_at = time.monotonic()
+
     def _expire(self, entry: LoadedEntry) -> None:
         with self._lock:
             if entry.users == 0 and entry.expires_at is not None \

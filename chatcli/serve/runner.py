@@ -1,0 +1,101 @@
+"""From the synchronous engine to async request handlers.
+
+Each answer runs in a worker thread that holds its model's lock (one request per model at a
+time, so answers never interleave in one KV cache) and pushes the engine's events onto an
+asyncio queue. When the client goes away, the async side sets the cancel flag and the engine
+stops within a token, freeing the model for the next request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..client import with_model_system
+from ..events import Done, Event
+from ..keepalive import parse_keep_alive
+from ..loaded import CACHE
+from ..models import resolve
+
+_END = object()
+
+
+@dataclass
+class Answer:
+    """What the handler needs besides the events: the resolved name and the start time."""
+
+    model: str
+    started: float  # perf_counter_ns at the request's start
+
+
+async def load(model: str, options: Mapping[str, Any] | None, keep_alive: Any) -> str:
+    """Load ``model`` (or refresh its keep_alive); returns its resolved name."""
+    keep = parse_keep_alive(keep_alive)
+    resolved = await asyncio.to_thread(resolve, model)
+    entry = await asyncio.to_thread(CACHE.acquire, resolved, dict(options or {}))
+    CACHE.release(entry, keep)
+    return resolved.name
+
+
+def unload(model: str) -> str:
+    resolved = resolve(model)
+    for entry in CACHE.loaded():
+        if entry.model.path == resolved.path:
+            CACHE.release_now(entry)
+    return resolved.name
+
+
+async def answer(
+    model: str,
+    messages: Sequence[Mapping[str, Any]],
+    options: Mapping[str, Any] | None,
+    *,
+    keep_alive: Any = None,
+    **request: Any,
+) -> AsyncIterator[Event]:
+    """Stream the engine's events for one chat request; the final Done carries Ollama's
+    total_duration and load_duration. Errors (bad model, bad option) raise before the first
+    event, so the handler can still answer with a status code."""
+    start = time.perf_counter_ns()
+    keep = parse_keep_alive(keep_alive)
+    resolved = await asyncio.to_thread(resolve, model)
+    msgs = with_model_system([dict(m) for m in messages], resolved)
+    entry = await asyncio.to_thread(CACHE.acquire, resolved, dict(options or {}))
+    ready = time.perf_counter_ns()
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue = asyncio.Queue()
+    cancel = threading.Event()
+
+    def work() -> None:
+        try:
+            with entry.lock:
+                events = entry.engine.chat(msgs, options, cancel=cancel, **request)
+                for event in events:
+                    if isinstance(event, Done):
+                        event.metrics.load_duration += ready - start
+                        event.metrics.total_duration = time.perf_counter_ns() - start
+                    loop.call_soon_threadsafe(queue.put_nowait, event)
+        except BaseException as e:  # handed to the async side, raised there
+            loop.call_soon_threadsafe(queue.put_nowait, e)
+        finally:
+            CACHE.release(entry, keep)
+            loop.call_soon_threadsafe(queue.put_nowait, _END)
+
+    thread = threading.Thread(target=work, name=f"answer-{resolved.name}", daemon=True)
+    thread.start()
+    try:
+        first = await queue.get()
+        if isinstance(first, BaseException):
+            raise first
+        item = first
+        while item is not _END:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+            item = await queue.get()
+    finally:
+        cancel.set()  # a disconnected client (or an error) frees the model within a token
