@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from . import options as opts_mod
-from .client import with_model_system
+from .client import run_chat, with_model_system
 from .conversation import ROLES
 from .errors import ChatCliError, RequestError
 from .events import ContentDelta, Done, ThinkingDelta, ToolCall
@@ -167,27 +167,26 @@ def _run(resolved, msgs, opts, request, keep, start) -> Iterator[ChatResponse]:
 
     def generate() -> Iterator[ChatResponse]:
         try:
-            with entry.lock:
-                for event in entry.engine.chat(msgs, opts, **request):
-                    chunk = _chunk(name, event)
-                    if chunk is not None:
-                        yield chunk
-                    elif isinstance(event, Done):
-                        m = event.metrics
-                        yield ChatResponse(
-                            model=name,
-                            created_at=_now(),
-                            message=Message(role="assistant", content=""),
-                            done=True,
-                            done_reason=event.done_reason,
-                            total_duration=time.perf_counter_ns() - start,
-                            load_duration=(ready - start) + m.load_duration,
-                            prompt_eval_count=m.prompt_eval_count,
-                            prompt_eval_duration=m.prompt_eval_duration,
-                            eval_count=m.eval_count,
-                            eval_duration=m.eval_duration,
-                            trimmed=event.trimmed,
-                        )
+            for event in run_chat(entry, msgs, opts, start=start, ready=ready, **request):
+                chunk = _chunk(name, event)
+                if chunk is not None:
+                    yield chunk
+                elif isinstance(event, Done):
+                    m = event.metrics
+                    yield ChatResponse(
+                        model=name,
+                        created_at=_now(),
+                        message=Message(role="assistant", content=""),
+                        done=True,
+                        done_reason=event.done_reason,
+                        total_duration=m.total_duration,
+                        load_duration=m.load_duration,
+                        prompt_eval_count=m.prompt_eval_count,
+                        prompt_eval_duration=m.prompt_eval_duration,
+                        eval_count=m.eval_count,
+                        eval_duration=m.eval_duration,
+                        trimmed=event.trimmed,
+                    )
         except RuntimeError as e:
             raise ChatCliError(f"llama.cpp failed while answering: {e}") from None
         finally:

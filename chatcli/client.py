@@ -30,6 +30,19 @@ def with_model_system(messages: list[dict[str, Any]], model: ResolvedModel) -> l
     return [*prefix, *messages]
 
 
+def run_chat(entry: Any, messages: Any, options: Any, *, start: int, ready: int,
+             **request: Any) -> Iterator[Event]:
+    """One request's events from a loaded model, under its lock (answers never interleave in
+    one KV cache); the final Done gets Ollama's load_duration (time to get the model ready in
+    this request) and total_duration."""
+    with entry.lock:
+        for event in entry.engine.chat(messages, options, **request):
+            if isinstance(event, Done):
+                event.metrics.load_duration += ready - start
+                event.metrics.total_duration = time.perf_counter_ns() - start
+            yield event
+
+
 class LocalClient:
     """Runs models in-process; they stay loaded for the life of the REPL."""
 
@@ -54,15 +67,9 @@ class LocalClient:
             resolved.projector = projector
         msgs = with_model_system([dict(m) for m in messages], resolved)
         entry = CACHE.acquire(resolved, dict(options or {}))
-        ready = time.perf_counter_ns()
         try:
-            with entry.lock:
-                for event in entry.engine.chat(msgs, options, format=format, think=think,
-                                               tools=tools, cancel=cancel):
-                    if isinstance(event, Done):
-                        event.metrics.load_duration += ready - start
-                        event.metrics.total_duration = time.perf_counter_ns() - start
-                    yield event
+            yield from run_chat(entry, msgs, options, start=start, ready=time.perf_counter_ns(),
+                                format=format, think=think, tools=tools, cancel=cancel)
         finally:
             CACHE.release(entry, None)
 
