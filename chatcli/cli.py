@@ -106,12 +106,16 @@ def run(
     mmproj: Path | None = typer.Option(
         None, "--mmproj", help="Vision projector (mmproj GGUF) for image input."
     ),
+    host: str | None = typer.Option(
+        None, "--host", envvar="CHATCLI_HOST",
+        help="Use the model on a chat serve or Ollama server (URL or host:port).",
+    ),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks and llama.cpp logs."),
 ) -> None:
     code = guarded(debug, lambda: _run(
         model, prompt or [], system,
         _options(temperature, num_ctx, seed, num_predict, option),
-        format, think, hidethinking, verbose, nowordwrap, plain, load, mmproj,
+        format, think, hidethinking, verbose, nowordwrap, plain, load, mmproj, host,
     ))
     raise typer.Exit(code)
 
@@ -150,7 +154,7 @@ def _silence_stdout() -> None:
 
 
 def _run(model_arg, words, system, options, format_arg, think, hidethinking, verbose,
-         nowordwrap, plain, load, mmproj) -> int:
+         nowordwrap, plain, load, mmproj, host=None) -> int:
     from .client import LocalClient
     from .commands import load_format
     from .config import default_model
@@ -166,7 +170,15 @@ def _run(model_arg, words, system, options, format_arg, think, hidethinking, ver
         fmt = load_format(format_arg) if format_arg else None
     except CommandError as e:
         raise Fail(str(e)) from None
-    session = Session(LocalClient(), model)
+    if host and mmproj is not None:
+        raise Fail("--mmproj needs a local model; it cannot be used with --host")
+    if host:
+        from .remote import RemoteClient
+
+        client = RemoteClient(host)
+    else:
+        client = LocalClient()
+    session = Session(client, model)
     if conv:
         session.apply(conv)
         session.model = model
@@ -214,6 +226,7 @@ def _one_shot_prompt(piped: str, words: list[str]) -> str:
 
 
 from . import cli_models  # noqa: E402,F401  (registers pull, list, show, rm, cp, create)
+from . import cli_serve as _serve  # noqa: E402,F401  (registers serve)
 
 
 def main() -> None:

@@ -91,6 +91,11 @@ class Engine:
         return self._model.n_ctx_train
 
     @property
+    def gpu_layers(self) -> int:
+        """Layers offloaded to a GPU: 0 = none (a CPU build, or num_gpu 0), -1 = all."""
+        return self._model.n_gpu_layers if backend.gpu_offload_supported() else 0
+
+    @property
     def cached_tokens(self) -> int:
         """How many tokens of the last conversation are still in the KV cache."""
         return len(self._cache)
@@ -135,12 +140,14 @@ class Engine:
         think: Any = None,
         format: Any = None,
         cancel: threading.Event | None = None,
+        raw: str | None = None,
         **template_vars: Any,
     ) -> Iterator[Event]:
         """Answer the conversation; yields Trimmed (if old turns were dropped), then thinking,
         content and tool-call events, then Done.
 
         ``tools``, ``think`` and ``format`` have Ollama's meaning (see capabilities.plan).
+        ``raw`` is Ollama's raw mode: that text is the whole prompt, with no template.
         Setting ``cancel`` stops the answer within one token (or, during prompt evaluation,
         within one llama.cpp graph node); the final event is then ``Done("cancelled")``.
         """
@@ -151,8 +158,11 @@ class Engine:
         how = plan(source, self.name, messages, tools=tools, think=think, format=format)
         images = self._attach_images(how.messages)
         load_ns = self._ensure_context(opts)
-        tokens, dropped, kept, prompt = self._fit(how.messages, opts,
-                                                  {**how.template_vars, **template_vars})
+        if raw is None:
+            tokens, dropped, kept, prompt = self._fit(how.messages, opts,
+                                                      {**how.template_vars, **template_vars})
+        else:
+            tokens, dropped, kept, prompt = self._fit_raw(raw)
         if dropped:
             yield Trimmed(dropped=dropped, kept=kept)
         if images:
@@ -317,6 +327,16 @@ class Engine:
                 "shorten the message or raise num_ctx"
             )
         return result(last, tokens)  # only the essentials left: answer in the room remaining
+
+    def _fit_raw(self, prompt: str) -> tuple[list[int], int, int, str]:
+        """A raw prompt is taken as it is: nothing to drop, so it must fit."""
+        tokens = self.tokenize(prompt)
+        if len(tokens) >= self.n_ctx:
+            raise ContextOverflowError(
+                f"the prompt is {len(tokens)} tokens but num_ctx is {self.n_ctx}; "
+                "shorten the prompt or raise num_ctx"
+            )
+        return tokens, 0, 0, prompt
 
     @staticmethod
     def _earliest_cut(cuts, render, limit: int) -> tuple[int, list[int]] | None:

@@ -25,8 +25,19 @@ def image_kind(data: bytes) -> str | None:
     return None
 
 
+def decode_base64_image(text: str) -> bytes:
+    """An image sent over the network: base64 (or a data: URL) only, never a file path."""
+    try:
+        data = base64.b64decode(text.split(",", 1)[-1] if text.startswith("data:") else text,
+                                validate=True)
+    except (binascii.Error, ValueError):
+        raise RequestError("an image must be base64-encoded data") from None
+    return _checked(data)
+
+
 def load_image(value: Any) -> bytes:
-    """The image's bytes, from a path, bytes, or a base64 string (as Ollama accepts them)."""
+    """The image's bytes, from a path, bytes, or a base64 string (as Ollama's Python client
+    accepts them). For local callers only: HTTP requests use decode_base64_image."""
     if isinstance(value, (bytes, bytearray)):
         data = bytes(value)
     elif isinstance(value, (str, Path)):
@@ -47,6 +58,10 @@ def load_image(value: Any) -> bytes:
     else:
         raise RequestError(f"an image must be a path, bytes or a base64 string, "
                            f"not {type(value).__name__}")
+    return _checked(data)
+
+
+def _checked(data: bytes) -> bytes:
     if len(data) > MAX_BYTES:
         raise RequestError(f"image is {len(data)} bytes; the limit is {MAX_BYTES}")
     if image_kind(data) is None:

@@ -22,7 +22,7 @@ from typing import Any
 
 from . import options as opts_mod
 from .errors import ChatCliError
-from .names import ModelName, looks_like_path, parse_name
+from .names import ModelName, looks_like_path, parse_digest, parse_name
 from .store import MEDIA, Layer, Manifest, Store
 
 INSTRUCTIONS = ("FROM", "PARAMETER", "SYSTEM", "TEMPLATE", "MESSAGE", "LICENSE", "ADAPTER")
@@ -125,6 +125,14 @@ def _text_layer(store: Store, kind: str, data: bytes) -> Layer:
 
 
 def _import_file(store: Store, path: Path, kind: str) -> Layer:
+    if path.parent == store.blobs:
+        # Already one of this store's blobs (an upload to the server's /api/blobs): no copy.
+        try:
+            digest = "sha256:" + parse_digest(path.name)
+        except ChatCliError:
+            digest = ""
+        if digest and store.has_blob(digest):
+            return Layer(media_type=MEDIA + kind, digest=digest, size=path.stat().st_size)
     blob = store.add_blob_file(path)
     return Layer(media_type=MEDIA + kind, digest=blob.digest, size=blob.size)
 

@@ -2,7 +2,7 @@
 _chat() {
     local cur="${COMP_WORDS[COMP_CWORD]}" prev="${COMP_WORDS[COMP_CWORD-1]}"
     if [[ $COMP_CWORD -eq 1 ]]; then
-        COMPREPLY=($(compgen -W "cp create list pull rm run show --version -V --install-completion --show-completion --help -h" -- "$cur")); return
+        COMPREPLY=($(compgen -W "cp create list pull rm run serve show --version -V --install-completion --show-completion --help -h" -- "$cur")); return
     fi
     case "${COMP_WORDS[1]}" in
         cp)
@@ -37,13 +37,18 @@ _chat() {
         run)
             case "$prev" in
                 --format|--load|--mmproj) COMPREPLY=($(compgen -f -- "$cur")); return;;
-                --system|--temperature|--num-ctx|--seed|--num-predict|--option|-o) return;;
+                --system|--temperature|--num-ctx|--seed|--num-predict|--option|-o|--host) return;;
             esac
             if [[ "$cur" != -* ]]; then
                 COMPREPLY=($(compgen -W "$(chat list 2>/dev/null | awk 'NR>1 {print $1}')" -- "$cur"))
                 return
             fi
-            COMPREPLY=($(compgen -W "--system --temperature --num-ctx --seed --num-predict --option -o --format --think --nothink --hidethinking --verbose --nowordwrap --plain --load --mmproj --debug --help -h" -- "$cur"));;
+            COMPREPLY=($(compgen -W "--system --temperature --num-ctx --seed --num-predict --option -o --format --think --nothink --hidethinking --verbose --nowordwrap --plain --load --mmproj --host --debug --help -h" -- "$cur"));;
+        serve)
+            case "$prev" in
+                --host|--port) return;;
+            esac
+            COMPREPLY=($(compgen -W "--host --port --verbose --debug --help -h" -- "$cur"));;
         show)
             case "$prev" in
             esac

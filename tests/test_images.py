@@ -102,3 +102,15 @@ def test_cli_mmproj_must_exist(cli_env, tmp_path):
                         str(tmp_path / "nope.gguf"), "hi"], env=cli_env, capture_output=True,
                        text=True, stdin=subprocess.DEVNULL, timeout=60)
     assert p.returncode == 1 and "no such projector file" in p.stderr
+
+
+def test_network_images_are_never_read_from_paths(tmp_path):
+    from chatcli.images import decode_base64_image
+
+    secret = tmp_path / "secret.png"
+    secret.write_bytes(png())
+    with pytest.raises(RequestError, match="base64"):
+        decode_base64_image(str(secret))
+    with pytest.raises(RequestError, match="base64"):
+        decode_base64_image("data:image/png;base64," + str(secret))
+    assert decode_base64_image(base64.b64encode(png()).decode()) == png()

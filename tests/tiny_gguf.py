@@ -24,8 +24,13 @@ def write_tiny_llama(
     n_ff: int = 64,
     context_length: int = 512,
     seed: int = 0,
+    pooling_type: int | None = None,
 ) -> Path:
-    """Write a llama-architecture GGUF with an SPM byte-fallback vocabulary (~270 tokens)."""
+    """Write a llama-architecture GGUF with an SPM byte-fallback vocabulary (~270 tokens).
+
+    ``pooling_type`` (gguf.PoolingType's values: 1 mean, 2 cls, 3 last) declares a sentence
+    embedding model, as ``llama.pooling_type`` in the header.
+    """
     import gguf
 
     rng = np.random.default_rng(seed)
@@ -66,6 +71,8 @@ def write_tiny_llama(
     w.add_add_eos_token(False)
     if chat_template is not None:
         w.add_chat_template(chat_template)
+    if pooling_type is not None:
+        w.add_pooling_type(gguf.PoolingType(pooling_type))
 
     def t(*shape: int) -> np.ndarray:
         return (rng.standard_normal(shape) * 0.02).astype(np.float32)

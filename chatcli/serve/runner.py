@@ -15,8 +15,8 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..client import with_model_system
-from ..events import Done, Event
+from ..client import run_chat, with_model_system
+from ..events import Event
 from ..keepalive import parse_keep_alive
 from ..loaded import CACHE
 from ..models import resolve
@@ -70,20 +70,22 @@ async def answer(
     queue: asyncio.Queue = asyncio.Queue()
     cancel = threading.Event()
 
+    def send(item: Any) -> None:
+        try:
+            loop.call_soon_threadsafe(queue.put_nowait, item)
+        except RuntimeError:  # the server's event loop is gone (shutdown): nobody listens
+            cancel.set()
+
     def work() -> None:
         try:
-            with entry.lock:
-                events = entry.engine.chat(msgs, options, cancel=cancel, **request)
-                for event in events:
-                    if isinstance(event, Done):
-                        event.metrics.load_duration += ready - start
-                        event.metrics.total_duration = time.perf_counter_ns() - start
-                    loop.call_soon_threadsafe(queue.put_nowait, event)
+            for event in run_chat(entry, msgs, options, start=start, ready=ready,
+                                  cancel=cancel, **request):
+                send(event)
         except BaseException as e:  # handed to the async side, raised there
-            loop.call_soon_threadsafe(queue.put_nowait, e)
+            send(e)
         finally:
             CACHE.release(entry, keep)
-            loop.call_soon_threadsafe(queue.put_nowait, _END)
+            send(_END)
 
     thread = threading.Thread(target=work, name=f"answer-{resolved.name}", daemon=True)
     thread.start()

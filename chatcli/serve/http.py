@@ -1,0 +1,145 @@
+"""HTTP plumbing shared by the server's endpoints: JSON bodies, error statuses, NDJSON streams.
+
+Every error a client can cause becomes ``{"error": "..."}`` with a status chosen from the
+exception's type; anything else is a 500 whose message names no file and holds no traceback
+(the traceback goes to the server's log).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, StreamingResponse
+from starlette.types import Send
+
+from ..errors import ChatCliError, ModelLoadError, ModelNotFoundError
+
+log = logging.getLogger("chatcli.serve")
+
+NDJSON = "application/x-ndjson"
+
+
+class HTTPError(ChatCliError):
+    """An error with the HTTP status to answer it with."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def status_for(error: BaseException) -> int:
+    """The HTTP status for an exception raised while serving a request: 404 for a missing
+    model, 500 for a model llama.cpp cannot load or an unexpected failure, 400 for the other
+    errors a client can cause (bad fields, options, names, formats, unsupported requests)."""
+    if isinstance(error, HTTPError):
+        return error.status
+    if isinstance(error, ModelNotFoundError):
+        return 404
+    if isinstance(error, ModelLoadError):
+        return 500
+    if isinstance(error, ChatCliError):
+        return 400
+    return 500
+
+
+def message_for(error: BaseException) -> str:
+    """What the client reads: our own errors' messages; nothing internal for the rest."""
+    if isinstance(error, ChatCliError):
+        return str(error)
+    if isinstance(error, RuntimeError):  # llama.cpp's failures surface as RuntimeError
+        return f"llama.cpp failed while answering: {error}"
+    log.error("unexpected error while serving a request", exc_info=error)
+    return f"internal error ({type(error).__name__}); see the server's log"
+
+
+def error_response(error: BaseException) -> JSONResponse:
+    return JSONResponse({"error": message_for(error)}, status_code=status_for(error))
+
+
+def error_line(error: BaseException) -> bytes:
+    """A stream's last line once an error cuts it short (the status is already sent)."""
+    return ndjson_line({"error": message_for(error)})
+
+
+def ndjson_line(obj: Mapping[str, Any]) -> bytes:
+    return (json.dumps(obj, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+
+
+async def read_json(request: Request) -> dict[str, Any]:
+    """The request's JSON object; 400 for an empty, malformed or non-object body."""
+    body = await request.body()
+    if not body.strip():
+        raise HTTPError(400, "missing request body")
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise HTTPError(400, f"invalid JSON in request body: {e}") from None
+    if not isinstance(data, dict):
+        raise HTTPError(400, "the request body must be a JSON object")
+    return data
+
+
+class NDJSONResponse(StreamingResponse):
+    """A stream of JSON lines whose generator is always closed, even when the client goes away
+    while a line is being sent: closing it is what stops the model's work."""
+
+    media_type = NDJSON
+
+    def __init__(self, lines: AsyncIterator[bytes], status_code: int = 200) -> None:
+        super().__init__(lines, status_code=status_code, media_type=NDJSON)
+
+    async def stream_response(self, send: Send) -> None:
+        try:
+            await super().stream_response(send)
+        finally:
+            aclose = getattr(self.body_iterator, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+
+# -- request fields ----------------------------------------------------------------------------
+
+
+def field(body: Mapping[str, Any], name: str, kinds: type | tuple[type, ...],
+          default: Any = None) -> Any:
+    """``body[name]`` if it is of one of ``kinds`` (null counts as absent); 400 otherwise."""
+    value = body.get(name)
+    if value is None:
+        return default
+    kinds = kinds if isinstance(kinds, tuple) else (kinds,)
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+        names = {bool: "a boolean", str: "a string", int: "a number", float: "a number",
+                 list: "a list", dict: "an object"}
+        wanted = " or ".join(dict.fromkeys(names.get(k, k.__name__) for k in kinds))
+        raise HTTPError(400, f"'{name}' must be {wanted}")
+    return value
+
+
+def model_field(body: Mapping[str, Any], name: str = "model") -> str:
+    """The model name a request gives in ``name``; 400 if missing, not a name, or a path."""
+    value = field(body, name, str, "")
+    if not value.strip():
+        raise HTTPError(400, f"'{name}' is required")
+    reference(value)
+    return value.strip()
+
+
+def reference(name: str) -> str:
+    """The fully qualified form of a model name (``host/namespace/model:tag``), which the
+    lookup functions can only read as a name, never as a file path.
+
+    The server serves names only: a request must not make it open files, so anything that
+    looks like a path is refused (400) rather than resolved.
+    """
+    from ..names import looks_like_path, parse_name
+
+    text = name.strip()
+    if looks_like_path(text) or "\\" in text:
+        raise HTTPError(400, f"invalid model name '{text}': the server takes model names, "
+                             "not file paths (import a GGUF file with /api/create)")
+    parsed = parse_name(text)
+    return "/".join(parsed.parts[:3]) + ":" + parsed.tag

