@@ -204,13 +204,13 @@ def _run(model_arg, words, system, options, format_arg, think, hidethinking, ver
     if not text:
         raise Fail("no prompt: give one (chat run MODEL PROMPT) or pipe text on stdin; "
                    "the interactive REPL needs a terminal on stdin and stdout")
-    import threading
 
     from .answer import stream_answer
+    from .cancel import CancelFlag
     from .repl import find_images
 
     text, images = find_images(text)
-    cancel = threading.Event()
+    cancel = CancelFlag()
     outcome = stream_answer(session.ask(text, cancel, images=images), state.out, cancel,
                             verbose=verbose, fence=state.fence())
     return 130 if outcome.cancelled else 0

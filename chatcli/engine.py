@@ -17,6 +17,7 @@ from typing import Any
 
 from . import backend
 from . import options as opts_mod
+from .cancel import CancelFlag, abort_callback
 from .errors import ContextOverflowError, ModelLoadError, NotSupportedError
 from .events import Done, Event, Metrics, Trimmed
 from .parsing import OutputParser
@@ -168,7 +169,7 @@ class Engine:
         if images:
             load_ns += self._eval_images(prompt, images)
             tokens = None
-        yield from self._generate(tokens, opts, load_ns, dropped, cancel or threading.Event(),
+        yield from self._generate(tokens, opts, load_ns, dropped, cancel or CancelFlag(),
                                   how.grammar, how.make_parser(prompt), how.special)
 
     def _attach_images(self, messages: list[dict[str, Any]]) -> list[bytes]:
@@ -409,8 +410,8 @@ class Engine:
         ctx, batch, cache = self._ctx, self._batch, self._cache
         n_batch = self._ctx_shape[1]
         # llama.cpp polls this between graph nodes, so a long batch stops promptly.
-        abort = lc.ggml_abort_callback(lambda _data: cancel.is_set())
-        lc.llama_set_abort_callback(ctx.ctx, abort, None)
+        abort, data = abort_callback(lc, cancel)
+        lc.llama_set_abort_callback(ctx.ctx, abort, data)
         try:
             for i in range(n_past, len(tokens), n_batch):
                 chunk = tokens[i : i + n_batch]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import sys
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 from prompt_toolkit.completion import Completer, Completion
 
 from .answer import stream_answer
+from .cancel import CancelFlag
 from .commands import REGISTRY, strip_triple_quotes
 from .errors import ChatCliError
 from .paths import history_file
@@ -101,13 +101,13 @@ class ReplState:
             self.out.note(f"Added image '{path}'")
         message = compose_message(text, self.pending_files)
         self.pending_files = []
-        cancel = threading.Event()
+        cancel = CancelFlag()
         stream_answer(self.session.ask(message, cancel, images=images), self.out, cancel,
                       verbose=self.settings.verbose, fence=self.fence())
 
     def retry(self) -> None:
         """Answer the last question again."""
-        cancel = threading.Event()
+        cancel = CancelFlag()
         stream_answer(self.session.retry(cancel), self.out, cancel,
                       verbose=self.settings.verbose, fence=self.fence())
 

@@ -243,3 +243,27 @@ def test_after_a_trim_later_turns_keep_the_cut_and_reuse_the_cache(tiny_gguf):
         assert len(eng._cache) < 512 * 0.75
     finally:
         eng.close()
+
+
+def test_cancel_flag_is_polled_from_c_during_prompt_eval(bundled_path):
+    import threading
+    import time
+
+    from chatcli.cancel import STRLEN, CancelFlag
+
+    assert STRLEN is not None  # Linux/macOS: libc's strlen is the C-side poll
+    flag = CancelFlag()
+    assert flag.address and not flag.is_set()
+    eng = Engine(bundled_path, options={"num_ctx": 4096, "num_batch": 4096})
+    try:
+        long_msg = "The quick brown fox jumps over the lazy dog. " * 300
+        threading.Timer(0.05, flag.set).start()
+        t0 = time.perf_counter()
+        events = list(eng.chat([{"role": "user", "content": long_msg}],
+                               {**DET, "num_ctx": 4096, "num_batch": 4096}, cancel=flag))
+        assert events[-1].done_reason == "cancelled"
+        assert time.perf_counter() - t0 < 0.8  # a full 3,000-token batch takes ~15 s here
+        flag.clear()
+        assert not flag.is_set()
+    finally:
+        eng.close()

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..cancel import CancelFlag
 from ..client import run_chat, with_model_system
 from ..events import Event
 from ..keepalive import parse_keep_alive
@@ -68,7 +69,7 @@ async def answer(
     ready = time.perf_counter_ns()
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue = asyncio.Queue()
-    cancel = threading.Event()
+    cancel = CancelFlag()
 
     def send(item: Any) -> None:
         try:
