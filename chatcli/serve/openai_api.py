@@ -417,34 +417,44 @@ def _ids(prefix: str) -> tuple[str, int]:
 # -- /v1/chat/completions ------------------------------------------------------------------
 
 
-async def chat_completions(request: Request) -> Response:
-    """POST /v1/chat/completions"""
-    req = parse_chat(await read_json(request))
+async def _answer(request: Request, req: Any, prefix: str, chunks: Any, body: Any) -> Response:
+    """Start the answer (499 if the client left meanwhile), then stream ``chunks`` as SSE or
+    answer once with ``body``; shared by /v1/chat/completions and /v1/completions."""
     started = await _unless_disconnected(request, _start(req))
     if started is None:
         return Response(status_code=499)
     first, events = started
-    rid, created = _ids("chatcmpl")
+    rid, created = _ids(prefix)
     if req.stream:
-        return ClosingStreamingResponse(_chat_chunks(req, first, events, rid, created),
+        return ClosingStreamingResponse(chunks(req, first, events, rid, created),
                                         media_type="text/event-stream",
                                         headers={"Cache-Control": "no-cache"})
     result = await _unless_disconnected(request, _collect(first, events))
     if result is None:
         return Response(status_code=499)
+    return JSONResponse(body(req, result, rid, created))
+
+
+async def chat_completions(request: Request) -> Response:
+    """POST /v1/chat/completions"""
+    req = parse_chat(await read_json(request))
+    return await _answer(request, req, "chatcmpl", _chat_chunks, _chat_body)
+
+
+def _chat_body(req: ChatRequest, result: Any, rid: str, created: int) -> dict[str, Any]:
     message: dict[str, Any] = {"role": "assistant",
                                "content": result.content or (None if result.tool_calls else "")}
     if result.reasoning:
         message["reasoning"] = result.reasoning
     if result.tool_calls:
         message["tool_calls"] = [_tool_call(c) for c in result.tool_calls]
-    return JSONResponse({
+    return {
         "id": rid, "object": "chat.completion", "created": created, "model": req.model,
         "system_fingerprint": FINGERPRINT,
         "choices": [{"index": 0, "message": message, "logprobs": None,
                      "finish_reason": _finish_reason(result.done, bool(result.tool_calls))}],
         "usage": _usage(result.done),
-    })
+    }
 
 
 async def _chat_chunks(req: ChatRequest, first: Event, events: AsyncIterator[Event], rid: str,
@@ -487,25 +497,17 @@ async def _chat_chunks(req: ChatRequest, first: Event, events: AsyncIterator[Eve
 async def completions(request: Request) -> Response:
     """POST /v1/completions"""
     req = parse_completion(await read_json(request))
-    started = await _unless_disconnected(request, _start(req))
-    if started is None:
-        return Response(status_code=499)
-    first, events = started
-    rid, created = _ids("cmpl")
-    if req.stream:
-        return ClosingStreamingResponse(_completion_chunks(req, first, events, rid, created),
-                                        media_type="text/event-stream",
-                                        headers={"Cache-Control": "no-cache"})
-    result = await _unless_disconnected(request, _collect(first, events))
-    if result is None:
-        return Response(status_code=499)
-    return JSONResponse({
+    return await _answer(request, req, "cmpl", _completion_chunks, _completion_body)
+
+
+def _completion_body(req: ChatRequest, result: Any, rid: str, created: int) -> dict[str, Any]:
+    return {
         "id": rid, "object": "text_completion", "created": created, "model": req.model,
         "system_fingerprint": FINGERPRINT,
         "choices": [{"index": 0, "text": result.content, "logprobs": None,
                      "finish_reason": _finish_reason(result.done, False)}],
         "usage": _usage(result.done),
-    })
+    }
 
 
 async def _completion_chunks(req: ChatRequest, first: Event, events: AsyncIterator[Event],
