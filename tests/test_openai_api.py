@@ -8,63 +8,25 @@ from __future__ import annotations
 
 import base64
 import json
-import socket
 import struct
-import threading
 import time
 
 import httpx
 import jsonschema
 import openai
 import pytest
-import uvicorn
 from conftest import DET
+from live_server import ServerThread
+
+from chatcli.serve.app import build_app
 
 MODEL = "smollm2:135m"
 HI = [{"role": "user", "content": "Say hi"}]
 
 
-def build_test_app():
-    try:
-        from chatcli.serve.app import build_app
-    except ImportError:  # the Ollama half of the server is not there: the OpenAI routes alone
-        from starlette.applications import Starlette
-
-        from chatcli.serve.openai_api import routes
-
-        return Starlette(routes=routes())
-    return build_app()
-
-
-class ServerThread:
-    """uvicorn on 127.0.0.1:<free port> in a daemon thread."""
-
-    def __init__(self, app) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen()
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]},
-                                       daemon=True)
-
-    def __enter__(self) -> ServerThread:
-        self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started:
-            assert time.monotonic() < deadline, "the test server did not start"
-            time.sleep(0.01)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
-        self.sock.close()
-
-
 @pytest.fixture(scope="module")
 def server():
-    with ServerThread(build_test_app()) as running:
+    with ServerThread(build_app()) as running:
         yield running
 
 

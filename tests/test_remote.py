@@ -13,7 +13,7 @@ import time
 
 import pytest
 from conftest import DET
-from test_openai_api import ServerThread
+from live_server import ServerThread
 
 from chatcli.errors import ChatCliError, ModelNotFoundError
 from chatcli.events import ContentDelta, Done

@@ -21,8 +21,8 @@ from datetime import datetime, timedelta, timezone
 import httpx
 import ollama
 import pytest
-import uvicorn
 from conftest import DET
+from live_server import ServerThread
 from registry_server import RegistryServer
 
 from chatcli import __version__
@@ -49,19 +49,8 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def url():
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(64)
-    server = uvicorn.Server(uvicorn.Config(build_app(), log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "the test server did not start"
-        time.sleep(0.01)
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    server.should_exit = True
-    thread.join(10)
+    with ServerThread(build_app()) as running:
+        yield running.url
 
 
 @pytest.fixture
