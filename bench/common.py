@@ -93,6 +93,10 @@ class BareLoop:
 
         mparams = self.lc.llama_model_default_params()
         mparams.n_gpu_layers = -1 if self.lc.llama_supports_gpu_offload() else 0
+        # The same crash guard as the engine, so both load the weights the same way.
+        from chatcli.safemode import decide
+
+        mparams.use_extra_bufts = decide(Path(model_path)).extra_bufts
         self.model = _internals.LlamaModel(path_model=str(model_path), params=mparams,
                                            verbose=False)
         cparams = self.lc.llama_context_default_params()

@@ -112,9 +112,14 @@ def load_model(path: Path, n_gpu_layers: int) -> LoadedModel:
     lc = llama()
     from llama_cpp import _internals
 
+    from .safemode import decide
+
     params = lc.llama_model_default_params()
     params.n_gpu_layers = n_gpu_layers
     params.use_mmap = True
+    # The crash guard: llama.cpp's repacked-weight kernels only where a child process proved
+    # they do not kill us on this CPU (safemode.py).
+    params.use_extra_bufts = decide(path).extra_bufts
     try:
         model = _internals.LlamaModel(path_model=str(path), params=params, verbose=False)
     except ValueError:

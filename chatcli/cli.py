@@ -227,6 +227,7 @@ def _one_shot_prompt(piped: str, words: list[str]) -> str:
 
 from . import cli_models  # noqa: E402,F401  (registers pull, list, show, rm, cp, create)
 from . import cli_serve as _serve  # noqa: E402,F401  (registers serve)
+from . import cli_info as _info  # noqa: E402,F401  (registers info)
 
 
 def main() -> None:

@@ -39,6 +39,16 @@ def data_dir() -> Path:
     return Path(platformdirs.user_data_dir(APP_NAME))
 
 
+def cache_dir() -> Path:
+    """Directory for things chatcli can recompute (the safe-mode verdict)."""
+    home = _home_override()
+    if home is not None:
+        return home / "cache"
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir(APP_NAME))
+
+
 def models_dir() -> Path:
     """Root of the model store (blobs/ and manifests/)."""
     home = _home_override()

@@ -14,10 +14,19 @@ sys.path.insert(0, str(Path(__file__).parent))
 DET = {"temperature": 0, "seed": 42}
 
 
+@pytest.fixture(scope="session")
+def probe_cache(tmp_path_factory) -> Path:
+    """One safe-mode verdict file for the whole run: the suite goes through the same crash
+    guard as a user (a child process checks llama.cpp once), not once per test."""
+    return tmp_path_factory.mktemp("probe") / "safemode.json"
+
+
 @pytest.fixture(autouse=True)
-def chatcli_home(tmp_path_factory, monkeypatch) -> Path:
+def chatcli_home(tmp_path_factory, monkeypatch, probe_cache) -> Path:
     home = tmp_path_factory.mktemp("chatcli_home")
     monkeypatch.setenv("CHATCLI_HOME", str(home))
+    monkeypatch.setenv("CHATCLI_PROBE_CACHE", str(probe_cache))
+    monkeypatch.delenv("CHATCLI_TEST_PROBE_CRASH", raising=False)
     monkeypatch.setenv("NO_COLOR", "1")
     monkeypatch.delenv("CHATCLI_HOST", raising=False)
     monkeypatch.setenv("OLLAMA_MODELS", str(home / "no-ollama"))
