@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import logging
 import os
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .errors import ModelLoadError
 
-GGUF_MAGIC = b"GGUF"
 _backend_ready = False
 
 
@@ -37,24 +35,14 @@ def llama():
 
 
 def check_gguf(path: Path) -> None:
-    """Fail with a clear message for a missing, non-GGUF or obviously truncated file."""
-    try:
-        size = path.stat().st_size
-        with path.open("rb") as f:
-            head = f.read(24)
-    except FileNotFoundError:
-        raise ModelLoadError(f"model file not found: {path}") from None
-    except IsADirectoryError:
-        raise ModelLoadError(f"{path} is a directory, not a GGUF model file") from None
-    except OSError as e:
-        raise ModelLoadError(f"cannot read model file {path}: {e.strerror}") from None
-    if len(head) < 24 or head[:4] != GGUF_MAGIC:
-        raise ModelLoadError(f"{path} is not a GGUF model file")
-    version, n_tensors = struct.unpack("<IQ", head[4:16])
-    if version not in (2, 3):
-        raise ModelLoadError(f"{path}: unsupported GGUF version {version}")
-    if n_tensors == 0 or size < 1024:
-        raise ModelLoadError(f"{path} has no model weights (truncated or vocabulary-only file)")
+    """Fail with a clear message for a file llama.cpp would refuse or abort on.
+
+    Missing, not a regular file, not GGUF, truncated, corrupt header, or hyperparameters that
+    make llama.cpp assert (kill the process) instead of failing the load: see gguf.py.
+    """
+    from .gguf import check_model_file
+
+    check_model_file(path)
 
 
 def gpu_offload_supported() -> bool:

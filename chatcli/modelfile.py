@@ -144,11 +144,16 @@ def base_layers(store: Store, base: str, directory: Path) -> dict[str, Layer]:
     if looks_like_path(base) or (directory / base).suffix == ".gguf":
         path = Path(base).expanduser()
         path = path if path.is_absolute() else directory / path
-        if not path.is_file():
+        if not path.exists():
             raise ModelfileError(f"FROM {base}: no such file")
-        from .gguf import read_gguf
+        from .gguf import check_model_file
 
-        read_gguf(path)  # a clear error now for a file that is not a GGUF
+        # A clear error now for what is not a model llama.cpp can load (and for a directory,
+        # a FIFO or a device, which are never read).
+        try:
+            check_model_file(path)
+        except ChatCliError as e:
+            raise ModelfileError(f"FROM {base}: {e}") from None
         return {"model": _import_file(store, path, "model")}
     try:
         name = parse_name(base)
@@ -179,6 +184,34 @@ def create(name: str, modelfile: Modelfile, store: Store | None = None) -> Model
 
     store = store or local_store()
     target = parse_name(name)
+    before = _blob_names(store)
+    try:
+        return _create(store, target, modelfile)
+    except BaseException:
+        _drop_new_blobs(store, before)
+        raise
+
+
+def _blob_names(store: Store) -> set[str]:
+    try:
+        return {p.name for p in store.blobs.iterdir()}
+    except OSError:
+        return set()
+
+
+def _drop_new_blobs(store: Store, before: set[str]) -> None:
+    """After a failed create, remove the blobs it added that no model uses."""
+    if store.readonly:
+        return
+    added = _blob_names(store) - before
+    if not added:
+        return
+    used = {store.blob_path(d).name for m in store.models() for d in m.manifest.all_digests()}
+    for name in added - used:
+        (store.blobs / name).unlink(missing_ok=True)
+
+
+def _create(store: Store, target: ModelName, modelfile: Modelfile) -> ModelName:
     layers = base_layers(store, modelfile.base, modelfile.directory)
     if modelfile.parameters:
         params = {}
@@ -220,10 +253,25 @@ def render_modelfile(resolved: Any) -> str:
     return "\n".join(lines) + "\n"
 
 
+MAX_MODELFILE = 16 << 20
+
+
 def read_modelfile(path: Path) -> Modelfile:
+    """Read and parse a Modelfile: a regular UTF-8 text file of at most 16 MB."""
+    from .store import open_regular_file
+
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        with open_regular_file(Path(path)) as f:
+            data = f.read(MAX_MODELFILE + 1)
+    except ChatCliError as e:
+        raise ModelfileError(str(e)) from None
     except OSError as e:
         raise ModelfileError(f"cannot read {path}: {e.strerror or e}") from None
+    if len(data) > MAX_MODELFILE:
+        raise ModelfileError(f"{path} is larger than {MAX_MODELFILE >> 20} MB; not a Modelfile")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ModelfileError(f"{path} is not UTF-8 text (byte {e.start})") from None
     return parse_modelfile(text, Path(path).resolve().parent)
 

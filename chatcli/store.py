@@ -13,11 +13,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from .errors import ChatCliError
 from .fileio import atomic_write_text
@@ -167,15 +168,20 @@ class Store:
         return Layer(media_type="", digest=digest, size=len(data))
 
     def add_blob_file(self, src: Path) -> Layer:
-        """Copy a file into the store (hashing as it goes); an existing blob is reused."""
+        """Copy a file into the store (hashing as it goes); an existing blob is reused.
+
+        Only a regular file is read (a FIFO, a device or /proc/self/mem would block, never end
+        or fail midway); nothing half-copied is left in the store when anything goes wrong.
+        """
         self._writable()
-        self.blobs.mkdir(parents=True, exist_ok=True)
-        h = hashlib.sha256()
         tmp = self.blobs / f".import-{os.getpid()}-{time.monotonic_ns()}-partial"
         size = 0
         try:
-            with open(src, "rb") as fin, open(tmp, "wb") as fout:
-                while chunk := fin.read(CHUNK):
+            fin = open_regular_file(src)
+            self.blobs.mkdir(parents=True, exist_ok=True)
+            h = hashlib.sha256()
+            with fin, open(tmp, "wb") as fout:
+                while chunk := _read_chunk(fin, src):
                     h.update(chunk)
                     fout.write(chunk)
                     size += len(chunk)
@@ -184,6 +190,10 @@ class Store:
                 tmp.unlink()
             else:
                 os.replace(tmp, self.blob_path(digest))
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            raise StoreError(f"cannot copy {src} into the store at {self.root}: "
+                             f"{e.strerror or e}") from None
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
@@ -270,6 +280,31 @@ class Store:
     def _writable(self) -> None:
         if self.readonly:
             raise StoreError(f"the {self.label} store at {self.root} is read-only for chatcli")
+
+
+def open_regular_file(path: Path) -> BinaryIO:
+    """Open ``path`` for reading if it is a regular file; StoreError otherwise.
+
+    O_NONBLOCK keeps a FIFO from blocking the open; the check on the open descriptor (not the
+    name) leaves no window for the file to be swapped for something else.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as e:
+        raise StoreError(f"cannot read {path}: {e.strerror or e}") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        kind = "a directory" if stat.S_ISDIR(mode) else "not a regular file"
+        raise StoreError(f"cannot read {path}: it is {kind}")
+    return os.fdopen(fd, "rb")
+
+
+def _read_chunk(f: BinaryIO, path: Path) -> bytes:
+    try:
+        return f.read(CHUNK)
+    except OSError as e:
+        raise StoreError(f"cannot read {path}: {e.strerror or e}") from None
 
 
 def sha256_file(path: Path) -> str:

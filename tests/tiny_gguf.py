@@ -6,7 +6,9 @@ edge cases; what they say is noise, so behaviour is tested on the real bundled m
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -25,11 +27,13 @@ def write_tiny_llama(
     context_length: int = 512,
     seed: int = 0,
     pooling_type: int | None = None,
+    edit: Callable[[Any], None] | None = None,
 ) -> Path:
     """Write a llama-architecture GGUF with an SPM byte-fallback vocabulary (~270 tokens).
 
     ``pooling_type`` (gguf.PoolingType's values: 1 mean, 2 cls, 3 last) declares a sentence
-    embedding model, as ``llama.pooling_type`` in the header.
+    embedding model, as ``llama.pooling_type`` in the header. ``edit`` gets the GGUFWriter just
+    before it writes, to change what a test needs (see ``set_kv``, ``drop_kv``).
     """
     import gguf
 
@@ -90,8 +94,59 @@ def write_tiny_llama(
         w.add_tensor(f"blk.{i}.ffn_gate.weight", t(n_ff, n_embd))
         w.add_tensor(f"blk.{i}.ffn_up.weight", t(n_ff, n_embd))
         w.add_tensor(f"blk.{i}.ffn_down.weight", t(n_embd, n_ff))
+    if edit is not None:
+        edit(w)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
     return path
+
+
+# --- hostile variations (tests/test_gguf_hostile.py) -------------------------------------------
+
+
+def set_kv(writer, key: str, value, value_type, sub_type=None) -> None:
+    """Replace (or add) one metadata value in a GGUFWriter before it writes the header."""
+    import gguf
+
+    writer.kv_data[0][key] = gguf.GGUFValue(value, value_type, sub_type)
+
+
+def drop_kv(writer, key: str) -> None:
+    """Remove one metadata value from a GGUFWriter before it writes the header."""
+    writer.kv_data[0].pop(key, None)
+
+
+def patch_tensor_info(
+    path: Path,
+    name: str,
+    *,
+    n_dims: int | None = None,
+    dims: tuple[int, ...] | None = None,
+    ggml_type: int | None = None,
+    offset: int | None = None,
+) -> Path:
+    """Overwrite fields of one tensor's description in a written GGUF, in place.
+
+    ``dims`` must have as many entries as the tensor has; ``n_dims`` changes only the count
+    (the bytes after it are then misread, as a reader of a corrupt file would).
+    """
+    import struct
+
+    data = bytearray(Path(path).read_bytes())
+    encoded = name.encode()
+    at = data.index(struct.pack("<Q", len(encoded)) + encoded) + 8 + len(encoded)
+    old_dims = struct.unpack_from("<I", data, at)[0]
+    if n_dims is not None:
+        struct.pack_into("<I", data, at, n_dims)
+    if dims is not None:
+        assert len(dims) == old_dims, "dims must keep the tensor's number of dimensions"
+        struct.pack_into(f"<{old_dims}Q", data, at + 4, *dims)
+    after = at + 4 + 8 * old_dims
+    if ggml_type is not None:
+        struct.pack_into("<I", data, after, ggml_type)
+    if offset is not None:
+        struct.pack_into("<Q", data, after + 4, offset)
+    Path(path).write_bytes(bytes(data))
+    return Path(path)
