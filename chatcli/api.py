@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from . import options as opts_mod
+from . import textclean
 from .client import run_chat, with_model_system
 from .conversation import ROLES
 from .errors import ChatCliError, RequestError
@@ -39,26 +40,29 @@ def _tool_calls(value: Any, index: int) -> list[dict[str, Any]]:
     import json
 
     calls = []
+    where = f"message {index}: tool call arguments"
     for call in value:
         function = _field(call, "function")
         name = _field(function, "name") if function is not None else None
         arguments = _field(function, "arguments") if function is not None else None
         if isinstance(arguments, str):
             try:
-                arguments = json.loads(arguments)
-            except ValueError:
+                arguments = textclean.loads(arguments, what=where)
+            except json.JSONDecodeError:
                 arguments = None
         if hasattr(arguments, "items") and not isinstance(arguments, dict):
             arguments = dict(arguments)
         if not isinstance(name, str) or not isinstance(arguments, dict):
             raise RequestError(f"message {index}: each tool call needs function.name and "
                                "function.arguments (an object)")
-        calls.append({"function": {"name": name, "arguments": arguments}})
+        calls.append({"function": {"name": textclean.clean_text(name),
+                                   "arguments": textclean.clean_value(arguments, where)}})
     return calls
 
 
 def normalize_messages(messages: Sequence[Any] | None) -> list[dict[str, Any]]:
-    """Check roles and fields; return plain dicts (the seed's message shape)."""
+    """Check roles and fields; return plain dicts (the seed's message shape), their text with
+    lone surrogates as U+FFFD and tool call arguments bounded in depth (``textclean``)."""
     if messages is None:
         return []
     if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
@@ -75,13 +79,13 @@ def normalize_messages(messages: Sequence[Any] | None) -> list[dict[str, Any]]:
             content = ""
         if not isinstance(content, str):
             raise RequestError(f"message {i}: content must be a string")
-        clean: dict[str, Any] = {"role": role, "content": content}
+        clean: dict[str, Any] = {"role": role, "content": textclean.clean_text(content)}
         for key in ("thinking", "tool_name"):
             value = _field(message, key)
             if value is not None:
                 if not isinstance(value, str):
                     raise RequestError(f"message {i}: {key} must be a string")
-                clean[key] = value
+                clean[key] = textclean.clean_text(value)
         if _field(message, "tool_calls"):
             clean["tool_calls"] = _tool_calls(_field(message, "tool_calls"), i)
         images = _field(message, "images")
@@ -112,6 +116,11 @@ def chat(
     """
     start = time.perf_counter_ns()
     msgs = normalize_messages(messages)
+    # What a caller passes may be nested without bound (even cyclic) or hold lone surrogates:
+    # bounded and cleaned before anything recursive (template, grammar) sees it.
+    tools = textclean.clean_value(tools, "tools") if tools else tools
+    format = textclean.clean_value(format, "format") if format else format
+    options = textclean.clean_value(options, "options") if options else options
     opts = opts_mod.validate(options)
     keep = parse_keep_alive(keep_alive)
     resolved = resolve(model or DEFAULT_MODEL)

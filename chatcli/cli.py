@@ -75,9 +75,13 @@ def _options(
 
 
 def _read_stdin() -> str:
+    """Piped stdin as text: read as bytes, so that invalid UTF-8 becomes U+FFFD."""
+    from .textclean import clean_text, decode
+
     if sys.stdin is None or sys.stdin.isatty():
         return ""
-    return sys.stdin.read()
+    buffer = getattr(sys.stdin, "buffer", None)
+    return decode(buffer.read()) if buffer is not None else clean_text(sys.stdin.read())
 
 
 @app.command(help=RUN_HELP)
@@ -225,9 +229,9 @@ def _one_shot_prompt(piped: str, words: list[str]) -> str:
     return piped.strip() and piped or prompt
 
 
+from . import cli_info as _info  # noqa: E402,F401  (registers info)
 from . import cli_models  # noqa: E402,F401  (registers pull, list, show, rm, cp, create)
 from . import cli_serve as _serve  # noqa: E402,F401  (registers serve)
-from . import cli_info as _info  # noqa: E402,F401  (registers info)
 
 
 def main() -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from . import options as opts_mod
+from . import textclean
 from .errors import ChatCliError
 from .registry import CommandError, Registry
 
@@ -116,12 +117,12 @@ def load_format(value: str) -> Any:
         return "json"
     path = Path(value).expanduser()
     try:
-        schema = json.loads(path.read_text(encoding="utf-8"))
+        schema = textclean.loads(path.read_bytes(), what=f"the JSON schema {value}")
     except FileNotFoundError:
         raise CommandError(
             f"format must be 'json' or a JSON schema file; no such file: {value}"
         ) from None
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, json.JSONDecodeError, textclean.TooDeepError) as e:
         raise CommandError(f"cannot read JSON schema {value}: {e}") from None
     if not isinstance(schema, dict):
         raise CommandError(f"{value} does not hold a JSON schema object")

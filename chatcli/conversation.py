@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from . import options as opts_mod
+from . import textclean
 from .errors import ChatCliError
 from .fileio import atomic_write_text
 
@@ -63,17 +64,20 @@ def load(path: Path) -> Conversation:
     """Read and validate a saved conversation."""
     path = Path(path).expanduser()
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise ConversationFileError(f"no such file: {path}") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConversationFileError(f"cannot read {path}: {e}") from None
+    except OSError as e:
+        raise ConversationFileError(f"cannot read {path}: {e.strerror or e}") from None
     try:
-        data = json.loads(text)
+        # Invalid UTF-8 and lone surrogates become U+FFFD; deep nesting is refused here.
+        data = textclean.loads(raw, what=str(path))
     except json.JSONDecodeError as e:
         raise ConversationFileError(
             f"{path} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})"
         ) from None
+    except textclean.TooDeepError as e:
+        raise ConversationFileError(str(e)) from None
     return from_data(data, source=str(path))
 
 

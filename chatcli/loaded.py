@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import math
 import threading
 import time
 from dataclasses import dataclass, field
@@ -9,6 +11,12 @@ from typing import Any
 
 from .engine import Engine, load
 from .models import ResolvedModel
+
+log = logging.getLogger("chatcli.loaded")
+
+# The longest single wait of an expiry timer; a longer keep_alive re-arms it. Far below
+# threading.TIMEOUT_MAX on every platform (49 days on Windows), so no value can overflow it.
+TIMER_STEP = 24 * 3600.0
 
 
 @dataclass
@@ -52,16 +60,23 @@ class ModelCache:
             entry.users -= 1
             if entry.users > 0:
                 return
-            if keep_alive is None:
-                entry.expires_at = None
+            if keep_alive is None or math.isnan(keep_alive) or math.isinf(keep_alive):
+                entry.expires_at = None  # forever (parse_keep_alive never gives NaN)
                 return
             if keep_alive <= 0:
                 self._unload_locked(entry)
                 return
             entry.expires_at = time.monotonic() + keep_alive
-            entry.timer = threading.Timer(keep_alive, self._expire, args=(entry,))
-            entry.timer.daemon = True
-            entry.timer.start()
+            self._arm_locked(entry)
+
+    def _arm_locked(self, entry: LoadedEntry) -> None:
+        """Start the timer that unloads ``entry`` at ``expires_at`` (in steps of at most
+        TIMER_STEP, so that any deadline is a valid timeout)."""
+        assert entry.expires_at is not None
+        delay = min(max(entry.expires_at - time.monotonic(), 0.0), TIMER_STEP)
+        entry.timer = threading.Timer(delay, self._expire, args=(entry,))
+        entry.timer.daemon = True
+        entry.timer.start()
 
     def release_now(self, entry: LoadedEntry) -> None:
         """Unload ``entry`` as soon as nobody uses it (keep_alive 0)."""
@@ -76,9 +91,16 @@ class ModelCache:
 
     def _expire(self, entry: LoadedEntry) -> None:
         with self._lock:
-            if entry.users == 0 and entry.expires_at is not None \
-                    and entry.expires_at <= time.monotonic() + 0.01:
-                self._unload_locked(entry)
+            if entry.users > 0 or entry.expires_at is None \
+                    or self._entries.get(str(entry.model.path)) is not entry:
+                return  # in use again, kept forever, or already unloaded
+            try:
+                if entry.expires_at <= time.monotonic() + 0.01:
+                    self._unload_locked(entry)
+                else:
+                    self._arm_locked(entry)  # a keep_alive longer than one step
+            except Exception:  # a timer thread has nobody to report to: log, never die
+                log.exception("unloading %s after its keep_alive failed", entry.model.name)
 
     def _unload_locked(self, entry: LoadedEntry) -> None:
         key = str(entry.model.path)

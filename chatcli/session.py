@@ -18,6 +18,7 @@ from . import conversation
 from . import options as opts_mod
 from .errors import RequestError
 from .events import ContentDelta, Done, Event, ThinkingDelta, ToolCall
+from .textclean import clean_text
 
 
 class Session:
@@ -55,7 +56,7 @@ class Session:
         if self.messages and self.messages[0]["role"] == "system":
             self.messages.pop(0)
         if text:
-            self.messages.insert(0, {"role": "system", "content": text})
+            self.messages.insert(0, {"role": "system", "content": clean_text(text)})
 
     def set_option(self, name: str, value: Any) -> None:
         self.options.update(opts_mod.validate({name: value}))
@@ -66,7 +67,9 @@ class Session:
         self, text: str, cancel: threading.Event | None = None, images: list[Any] | None = None
     ) -> Iterator[Event]:
         """Send a user message (with optional images) and stream the answer's events."""
-        message: dict[str, Any] = {"role": "user", "content": text}
+        # Typed, piped or given as an argument, text may hold lone surrogates (undecodable
+        # bytes smuggled in by surrogateescape): they become U+FFFD here, once for every front end.
+        message: dict[str, Any] = {"role": "user", "content": clean_text(text)}
         if images:
             message["images"] = list(images)
         self.messages.append(message)

@@ -117,9 +117,9 @@ def parameters_text(options: dict[str, Any]) -> str:
 def expires_at(expires: float | None) -> str:
     """A monotonic deadline as wall-clock RFC 3339; None (kept loaded) is far in the future."""
     wall = datetime.now(timezone.utc)
-    if expires is None:
-        return rfc3339(wall + FOREVER)
-    return rfc3339(wall + timedelta(seconds=max(0.0, expires - time.monotonic())))
+    left = FOREVER.total_seconds() if expires is None else expires - time.monotonic()
+    # Clamped, so that no deadline (however it was set) can overflow the date arithmetic.
+    return rfc3339(wall + timedelta(seconds=min(max(0.0, left), FOREVER.total_seconds())))
 
 
 # -- the endpoints' objects --------------------------------------------------------------------

@@ -16,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
 from starlette.types import Send
 
+from .. import textclean
 from ..errors import ChatCliError, ModelLoadError, ModelNotFoundError
 
 log = logging.getLogger("chatcli.serve")
@@ -70,13 +71,16 @@ def ndjson_line(obj: Mapping[str, Any]) -> bytes:
 
 
 async def read_json(request: Request) -> dict[str, Any]:
-    """The request's JSON object; 400 for an empty, malformed or non-object body."""
+    """The request's JSON object; 400 for an empty, malformed, too deeply nested or non-object
+    body. Invalid UTF-8 and lone surrogates (``"\\ud800"``) in it become U+FFFD."""
     body = await request.body()
     if not body.strip():
         raise HTTPError(400, "missing request body")
     try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as e:
+        data = textclean.loads(body, what="the request body")
+    except textclean.TooDeepError as e:
+        raise HTTPError(400, str(e)) from None
+    except ValueError as e:
         raise HTTPError(400, f"invalid JSON in request body: {e}") from None
     if not isinstance(data, dict):
         raise HTTPError(400, "the request body must be a JSON object")
