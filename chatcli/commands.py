@@ -13,9 +13,11 @@ from typing import Any
 from . import options as opts_mod
 from . import textclean
 from .errors import ChatCliError
+from .fileio import TooLargeError, read_bytes_limited
 from .registry import CommandError, Registry
 
 REGISTRY = Registry()
+MAX_SCHEMA_FILE = 4 << 20  # real schemas are kilobytes
 command = REGISTRY.command
 
 
@@ -117,12 +119,13 @@ def load_format(value: str) -> Any:
         return "json"
     path = Path(value).expanduser()
     try:
-        schema = textclean.loads(path.read_bytes(), what=f"the JSON schema {value}")
+        raw = read_bytes_limited(path, MAX_SCHEMA_FILE, f"JSON schema file {value}")
+        schema = textclean.loads(raw, what=f"the JSON schema {value}")
     except FileNotFoundError:
         raise CommandError(
             f"format must be 'json' or a JSON schema file; no such file: {value}"
         ) from None
-    except (OSError, json.JSONDecodeError, textclean.TooDeepError) as e:
+    except (OSError, json.JSONDecodeError, textclean.TooDeepError, TooLargeError) as e:
         raise CommandError(f"cannot read JSON schema {value}: {e}") from None
     if not isinstance(schema, dict):
         raise CommandError(f"{value} does not hold a JSON schema object")

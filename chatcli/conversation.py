@@ -17,10 +17,11 @@ from typing import Any
 from . import options as opts_mod
 from . import textclean
 from .errors import ChatCliError
-from .fileio import atomic_write_text
+from .fileio import atomic_write_text, read_bytes_limited
 
 ROLES = ("system", "user", "assistant", "tool")
 FORMAT_VERSION = 1
+MAX_FILE = 256 << 20  # far past any conversation; stops /dev/zero and runaway pipes
 
 
 class ConversationFileError(ChatCliError):
@@ -64,7 +65,7 @@ def load(path: Path) -> Conversation:
     """Read and validate a saved conversation."""
     path = Path(path).expanduser()
     try:
-        raw = path.read_bytes()
+        raw = read_bytes_limited(path, MAX_FILE, f"conversation file {path}")
     except FileNotFoundError:
         raise ConversationFileError(f"no such file: {path}") from None
     except OSError as e:

@@ -21,6 +21,7 @@ from . import options as opts_mod
 from .errors import ChatCliError, ModelNotFoundError, NotSupportedError, RequestError
 from .events import ContentDelta, Done, Event, Metrics, ThinkingDelta, ToolCall, Trimmed
 from .models import ResolvedModel
+from .textclean import TooDeepError, loads
 
 DEFAULT_PORT = 11434
 
@@ -177,7 +178,7 @@ class RemoteClient:
             if not line.strip():
                 continue
             try:
-                obj = json.loads(line)
+                obj = loads(line, "the server's answer")
             except ValueError:
                 raise ChatCliError(f"{self.base_url} sent a line that is not JSON") from None
             if obj.get("error"):
@@ -267,8 +268,8 @@ def _message_events(message: Mapping[str, Any]) -> Iterator[Event]:
         arguments = function.get("arguments")
         if isinstance(arguments, str):
             try:
-                arguments = json.loads(arguments)
-            except ValueError:
+                arguments = loads(arguments, "the tool call's arguments")
+            except (ValueError, TooDeepError):
                 arguments = {"arguments": arguments}
         yield ToolCall(name=str(function.get("name", "")), arguments=dict(arguments or {}))
 

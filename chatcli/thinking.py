@@ -14,7 +14,6 @@ Two families of markup exist in the wild:
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 
@@ -346,9 +345,11 @@ class _HarmonySplitter:
     def _end_tool(self, out: list[Event]) -> None:
         body = "".join(self._tool_body).strip()
         self._tool_body, self._dest = [], "content"
+        from .textclean import TooDeepError, loads
+
         try:
-            arguments = json.loads(body) if body else {}
-        except ValueError:
+            arguments = loads(body, "the tool call's arguments") if body else {}
+        except (ValueError, TooDeepError):
             arguments = None
         if isinstance(arguments, dict):
             out.append(ToolCall(self._tool_name, arguments))

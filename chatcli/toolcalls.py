@@ -467,9 +467,11 @@ def _call(item: Any) -> tuple[str, dict] | None:
 
 
 def _json_value(text: str) -> Any:
+    from .textclean import TooDeepError, loads
+
     try:
-        return json.loads(text)
-    except ValueError:
+        return loads(text, "the tool call's arguments")
+    except (ValueError, TooDeepError):  # not a call we can make: it stays content
         return None
 
 

@@ -372,3 +372,12 @@ def test_chains_after_another_parser():
 def test_unknown_family_is_refused():
     with pytest.raises(ValueError, match="unknown tool-call family"):
         ToolCallParser("gpt-oss")
+
+
+def test_deeply_nested_arguments_from_the_model_are_content_not_a_crash():
+    # A model can emit thousands of brackets within num_ctx: json.loads would raise
+    # RecursionError; the call is not one we can make, so it stays text.
+    deep = "[" * 50_000 + "]" * 50_000
+    output = '<tool_call>\n{"name": "f", "arguments": ' + deep + "}\n</tool_call>"
+    content, calls = parse("hermes", output, "whole")
+    assert calls == [] and deep in content
