@@ -9,13 +9,15 @@ plus incremental detokenization, so it does not grow with the answer's length.
 from __future__ import annotations
 
 import ctypes
+import logging
+import os
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import backend
+from . import backend, memory
 from . import options as opts_mod
 from .cancel import CancelFlag, abort_callback
 from .errors import ContextOverflowError, ModelLoadError, NotSupportedError
@@ -28,6 +30,9 @@ DEFAULT_NUM_CTX = 4096
 # Room kept free for the answer when old messages must be dropped to fit num_ctx.
 ANSWER_RESERVE = 512
 _RANDOM_SEED = 0xFFFFFFFF  # LLAMA_DEFAULT_SEED: llama.cpp picks a random seed
+# num_ctx above the model's training context is lowered to it unless this is set (to 1).
+LONG_CONTEXT_ENV = "CHATCLI_ALLOW_LONG_CONTEXT"
+_log = logging.getLogger("chatcli")
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -67,6 +72,9 @@ class Engine:
         self._threads = 0
         self._cache: list[int] = []  # tokens whose K/V are in the context, from position 0
         self._cut: tuple[int, Any] | None = None  # where the last trim cut the conversation
+        self._shape: memory.ModelShape | None = None
+        self._pieces: tuple[int, bool] | None = None  # see _min_tokens
+        self._clamped: set[int] = set()  # num_ctx values already lowered to n_ctx_train
         meta = self._model.metadata
         self.template = ChatTemplate(
             meta.get("tokenizer.chat_template"),
@@ -74,7 +82,11 @@ class Engine:
             eos_token=self._token_text(self._model.model.token_eos()),
             model_name=self.name,
         )
-        self._ensure_context(self.resolve_options(options))
+        try:
+            self._ensure_context(self.resolve_options(options))
+        except BaseException:
+            self._model.close()
+            raise
         self.load_duration = time.perf_counter_ns() - start
 
     # -- facts -----------------------------------------------------------------------------
@@ -113,11 +125,30 @@ class Engine:
         if merged["num_ctx"] is None:
             train = self._model.n_ctx_train if _loaded else 0
             merged["num_ctx"] = min(DEFAULT_NUM_CTX, train) if train > 0 else DEFAULT_NUM_CTX
+        elif _loaded:
+            merged["num_ctx"] = self._within_training(merged["num_ctx"])
         if merged["num_gpu"] is None:
             merged["num_gpu"] = -1 if backend.gpu_offload_supported() else 0
         if not merged["num_thread"]:
             merged["num_thread"] = backend.physical_cores()
         return merged
+
+    def _within_training(self, n_ctx: int) -> int:
+        """num_ctx, lowered to the model's training context unless CHATCLI_ALLOW_LONG_CONTEXT=1.
+
+        As in Ollama: past its training context a model's answers degrade, and the memory is
+        spent for nothing. A notice says so once per value.
+        """
+        train = self._model.n_ctx_train
+        if train <= 0 or n_ctx <= train or os.environ.get(LONG_CONTEXT_ENV, "") not in ("", "0"):
+            return n_ctx
+        if n_ctx not in self._clamped:
+            self._clamped.add(n_ctx)
+            _log.warning(
+                "num_ctx %d is more than %s was trained for; using %d "
+                "(set %s=1 to go beyond it)", n_ctx, self.name, train, LONG_CONTEXT_ENV,
+            )
+        return train
 
     def tokenize(self, text: str) -> list[int]:
         """Tokenize prompt text; special tokens written in the text are parsed as such."""
@@ -251,6 +282,7 @@ class Engine:
             self._model = backend.load_model(path, opts["num_gpu"])
         shape = (int(opts["num_ctx"]), min(int(opts["num_batch"]), int(opts["num_ctx"])))
         if shape != self._ctx_shape:
+            self._check_memory(*shape)  # before dropping the context we have
             self._drop_context()
             self._ctx, self._batch = backend.new_context(
                 self._model, n_ctx=shape[0], n_batch=shape[1], n_threads=opts["num_thread"]
@@ -263,6 +295,22 @@ class Engine:
         else:
             return 0
         return time.perf_counter_ns() - start
+
+    def _check_memory(self, n_ctx: int, n_batch: int) -> None:
+        """Refuse a context that would not fit in the memory left (InvalidOptionError).
+
+        Skipped when layers are offloaded to a GPU: the KV cache then lives in VRAM, which
+        cannot be measured here (llama.cpp's own failure to allocate is reported instead).
+        """
+        if self.gpu_layers != 0:
+            return
+        if self._shape is None:
+            self._shape = memory.model_shape(self._model)
+        available = memory.available_bytes()
+        if available is not None and self._ctx_shape is not None:
+            # The current context's KV cache is freed before the new one is made.
+            available += memory.kv_cache_bytes(self._shape, self._ctx_shape[0])
+        memory.check_fits(n_ctx, memory.context_bytes(self._shape, n_ctx, n_batch), available)
 
     def _drop_context(self) -> None:
         self._cache.clear()
@@ -286,51 +334,78 @@ class Engine:
         must go, enough go to free half the context, and later turns keep that same cut while
         it fits: the prompt's start then stays put and the KV cache is reused, instead of every
         turn shifting the cut by one turn and re-reading everything (Ollama's context shift
-        plays the same role). Cut points are found by binary search: O(log n) renders.
+        plays the same role). Cut points are found by binary search: O(log n) renders. A
+        candidate whose cheap lower bound (``_min_tokens``) already exceeds the room is never
+        tokenized, so a huge conversation costs renders, not minutes of tokenizing, and a huge
+        latest message is refused at once (ContextOverflowError).
         """
         n_ctx = self.n_ctx
         predict = opts["num_predict"]
         reserve = min(predict if predict > 0 else ANSWER_RESERVE, n_ctx // 4)
         msgs = list(messages)
+        last = len(msgs) - 1
+        fitted: dict[int, tuple[list[int], str]] = {}  # start -> (tokens, text)
+        at_least: dict[int, int] = {}  # start -> a lower bound on its token count
 
-        texts: dict[int, str] = {}
-
-        def render(start: int) -> list[int]:
+        def count(start: int, limit: int) -> int:
+            """Tokens of the prompt that keeps msgs[start:] (and the system messages): exact,
+            or only a lower bound when that bound already exceeds ``limit``."""
+            if start in fitted:
+                return len(fitted[start][0])
+            if at_least.get(start, 0) > limit:
+                return at_least[start]
             kept = [m for i, m in enumerate(msgs) if i >= start or m.get("role") == "system"]
-            texts[start] = self.render(kept, **template_vars)
-            return self.tokenize(texts[start])
+            text = self.render(kept, **template_vars)
+            at_least[start] = self._min_tokens(text)
+            if at_least[start] > limit:  # cannot fit: not worth tokenizing (~3 s per MB)
+                return at_least[start]
+            fitted[start] = (self.tokenize(text), text)
+            return len(fitted[start][0])
 
-        def result(start: int, tokens: list[int]) -> tuple[list[int], int, int, str]:
+        def result(start: int) -> tuple[list[int], int, int, str]:
             dropped = sum(1 for m in msgs[:start] if m.get("role") != "system")
             self._cut = (start, msgs[start].get("content")) if dropped else None
-            return tokens, dropped, len(msgs) - dropped, texts[start]
+            tokens, text = fitted[start]
+            return tokens, dropped, len(msgs) - dropped, text
 
-        tokens = render(0)
-        if len(tokens) + reserve <= n_ctx:
-            return result(0, tokens)
-        last = len(msgs) - 1
+        def overflow(start: int) -> ContextOverflowError:
+            n = f"{len(fitted[start][0])}" if start in fitted else f"at least {at_least[start]}"
+            return ContextOverflowError(
+                f"the prompt is {n} tokens but num_ctx is {n_ctx}; "
+                "shorten the message or raise num_ctx"
+            )
+
+        if count(0, n_ctx - reserve) + reserve <= n_ctx:
+            return result(0)
+        # Nothing to drop (only system messages before the latest): the one prompt must fit.
+        only = all(m.get("role") == "system" for m in msgs[:last])
+        if only:
+            if count(0, n_ctx - 1) >= n_ctx:
+                raise overflow(0)
+            return result(0)
         if self._cut is not None:
             index, content = self._cut
             if 0 < index <= last and msgs[index].get("content") == content:
-                tokens = render(index)
-                if len(tokens) + reserve <= n_ctx:
-                    return result(index, tokens)
+                if count(index, n_ctx - reserve) + reserve <= n_ctx:
+                    return result(index)
         cuts = [i for i, m in enumerate(msgs) if 0 < i < last and m.get("role") == "user"]
         cuts.append(last)
         for room in (max(reserve, n_ctx // 2), reserve):
-            found = self._earliest_cut(cuts, render, n_ctx - room)
+            found = self._earliest_cut(cuts, count, n_ctx - room)
             if found is not None:
-                return result(*found)
-        tokens = render(last)
-        if len(tokens) >= n_ctx:
-            raise ContextOverflowError(
-                f"the prompt is {len(tokens)} tokens but num_ctx is {n_ctx}; "
-                "shorten the message or raise num_ctx"
-            )
-        return result(last, tokens)  # only the essentials left: answer in the room remaining
+                return result(found)
+        if count(last, n_ctx - 1) >= n_ctx:
+            raise overflow(last)
+        return result(last)  # only the essentials left: answer in the room remaining
 
     def _fit_raw(self, prompt: str) -> tuple[list[int], int, int, str]:
         """A raw prompt is taken as it is: nothing to drop, so it must fit."""
+        bound = self._min_tokens(prompt)
+        if bound >= self.n_ctx:
+            raise ContextOverflowError(
+                f"the prompt is at least {bound} tokens but num_ctx is {self.n_ctx}; "
+                "shorten the prompt or raise num_ctx"
+            )
         tokens = self.tokenize(prompt)
         if len(tokens) >= self.n_ctx:
             raise ContextOverflowError(
@@ -339,16 +414,55 @@ class Engine:
             )
         return tokens, 0, 0, prompt
 
+    def _min_tokens(self, text: str) -> int:
+        """A lower bound on ``len(self.tokenize(text))``, found without tokenizing.
+
+        No token stands for more bytes than the vocabulary's longest piece, so a text of B
+        bytes needs at least B / longest tokens: enough to refuse a text far too long for the
+        context at once. Texts of at most 4 x n_ctx characters, which can fit and are cheap to
+        tokenize, get 0 at no cost: the happy path never pays for the vocabulary scan.
+        """
+        if len(text) <= 4 * self.n_ctx:
+            return 0
+        longest, strips = self._piece_facts()
+        if not longest:
+            return 0
+        size = len(text.encode("utf-8", "replace"))
+        if strips:  # a special token with lstrip/rstrip also swallows the whitespace beside it
+            size -= sum(text.count(c) for c in " \t\n\r\v\f")
+        return max(0, -(-size // longest))
+
+    def _piece_facts(self) -> tuple[int, bool]:
+        """(longest piece in bytes, whether some token strips whitespace), once per model.
+
+        The longest piece is 0 (no bound) for tokenizers that normalise their input (WPM,
+        UGM), where a token may stand for more text than its piece.
+        """
+        if self._pieces is None:
+            lc, vocab = backend.llama(), self._model.vocab
+            longest, strips = 0, False
+            if lc.llama_vocab_type(vocab) in (lc.LLAMA_VOCAB_TYPE_SPM, lc.LLAMA_VOCAB_TYPE_BPE,
+                                              lc.LLAMA_VOCAB_TYPE_RWKV):
+                strip = lc.LLAMA_TOKEN_ATTR_LSTRIP | lc.LLAMA_TOKEN_ATTR_RSTRIP
+                size = 256
+                buf = ctypes.create_string_buffer(size)
+                longest = 4  # an unknown character (one token) is up to 4 bytes of UTF-8
+                for t in range(lc.llama_vocab_n_tokens(vocab)):
+                    n = lc.llama_token_to_piece(vocab, t, buf, size, 0, True)
+                    longest = max(longest, abs(n))  # < 0: the piece needs -n bytes
+                    strips = strips or bool(lc.llama_vocab_get_attr(vocab, t) & strip)
+            self._pieces = (longest, strips)
+        return self._pieces
+
     @staticmethod
-    def _earliest_cut(cuts, render, limit: int) -> tuple[int, list[int]] | None:
+    def _earliest_cut(cuts, count, limit: int) -> int | None:
         """Binary search for the earliest cut whose prompt is at most ``limit`` tokens."""
         lo, hi = 0, len(cuts) - 1
         best = None
         while lo <= hi:
             mid = (lo + hi) // 2
-            tokens = render(cuts[mid])
-            if len(tokens) <= limit:
-                best, hi = (cuts[mid], tokens), mid - 1
+            if count(cuts[mid], limit) <= limit:
+                best, hi = cuts[mid], mid - 1
             else:
                 lo = mid + 1
         return best
@@ -371,7 +485,9 @@ class Engine:
                 raise StructuredOutputError("llama.cpp's grammar engine rejected the format")
             lc.llama_sampler_chain_add(sampler.sampler, constraint)
         last_n = opts["repeat_last_n"]
-        if last_n == -1:
+        if last_n == -1 or last_n > self.n_ctx:
+            # llama.cpp allocates a ring buffer of last_n tokens; none older than the context
+            # can be in it anyway.
             last_n = self.n_ctx
         penalize = last_n > 0 and (
             opts["repeat_penalty"] != 1.0

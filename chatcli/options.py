@@ -8,6 +8,7 @@ validation here, ``/set parameter`` completion and ``/show parameters`` in the R
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +33,21 @@ def _ge(lo: float) -> Callable[[Any], bool]:
 def _between(lo: float, hi: float) -> Callable[[Any], bool]:
     return lambda v: lo <= v <= hi
 
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask), at least 1."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+# Threads beyond the CPUs only wait at ggml's spinning barriers: thousands make every token crawl
+# (10000 hangs), and 100000 crashes the process when libgomp cannot create them. ggml itself
+# takes at most GGML_MAX_N_THREADS (512). Four per usable CPU leaves room to experiment with
+# oversubscription, which stops paying off well before that.
+THREADS_PER_CPU = 4
+MAX_THREADS = max(1, min(512, THREADS_PER_CPU * usable_cpus()))
 
 # Defaults follow Ollama's where it has one. None means "decided at load time"
 # (num_ctx from the model, num_gpu from the build, num_thread from the CPU, seed random).
@@ -61,8 +77,11 @@ SPECS: dict[str, OptionSpec] = {
         OptionSpec("stop", list, [], "strings that end the answer (repeatable)"),
         OptionSpec("num_gpu", int, None, "layers to offload to the GPU; -1 = all",
                    _ge(-1), ">= -1"),
-        OptionSpec("num_thread", int, None, "CPU threads; default = physical cores",
-                   _ge(0), ">= 0"),
+        OptionSpec("num_thread", int, None,
+                   f"CPU threads; default = physical cores; at most {MAX_THREADS}",
+                   _between(0, MAX_THREADS),
+                   f"0..{MAX_THREADS} (at most {THREADS_PER_CPU} per CPU this process may use, "
+                   f"{usable_cpus()} here)"),
         OptionSpec("num_batch", int, 512, "prompt batch size (reloads the context)",
                    _between(1, 1 << 16), "1..65536"),
     ]
