@@ -40,6 +40,9 @@ def multiline_open(text: str) -> bool:
     return text.count('"""') % 2 == 1
 
 
+MAX_IMAGES = 32  # image paths looked at in one message (each costs a stat)
+
+
 def find_images(text: str) -> tuple[str, list[str]]:
     """Image files named in a message (as `ollama run` attaches them): the text without those
     paths, and the paths."""
@@ -47,12 +50,16 @@ def find_images(text: str) -> tuple[str, list[str]]:
 
     from .images import IMAGE_SUFFIXES
 
+    lower = text.lower()
+    if not any(suffix in lower for suffix in IMAGE_SUFFIXES):
+        return text, []  # the common case, and cheap for a huge paste (shlex is ~1 s per MB)
     try:
-        words = shlex.split(text, posix=True)
+        # Quoted paths with spaces need shlex; past a typed message's size, whitespace will do.
+        words = shlex.split(text, posix=True) if len(text) < 100_000 else text.split()
     except ValueError:
         words = text.split()
-    paths = [w for w in words if w.lower().endswith(IMAGE_SUFFIXES)
-             and Path(w).expanduser().is_file()]
+    named = dict.fromkeys(w for w in words if w.lower().endswith(IMAGE_SUFFIXES))
+    paths = [w for w in list(named)[:MAX_IMAGES] if Path(w).expanduser().is_file()]
     for path in paths:
         for form in (f"'{path}'", f'"{path}"', path):
             text = text.replace(form, "", 1) if form in text else text
