@@ -23,6 +23,9 @@ from .loaded import CACHE
 from .models import resolve
 
 # Architectures that exist to embed: llama.cpp pools them even without a pooling key.
+# Truncating: a token covers at most this many characters of real text, so a prefix of
+# num_ctx x this is all that can be kept; tokenizing the rest of a huge input is wasted.
+TRUNCATE_CHARS_PER_TOKEN = 64
 EMBEDDING_ARCHITECTURES = frozenset({
     "bert", "nomic-bert", "nomic-bert-moe", "jina-bert-v2", "jina-bert-v3", "modern-bert",
     "neo-bert", "t5encoder",
@@ -109,7 +112,14 @@ def _embed_all(engine: Any, texts: list[str], options: dict[str, Any], pooling: 
     llama_model = loaded.model
     opts = engine.resolve_options(options)
     limit = min(int(opts["num_ctx"]), engine.n_ctx_train or int(opts["num_ctx"]))
-    token_lists = [_tokens(llama_model, text, limit, truncate) for text in texts]
+    token_lists = []
+    for text in texts:
+        if truncate:  # a token covers at most a few dozen characters: the rest would be cut
+            text = text[: limit * TRUNCATE_CHARS_PER_TOKEN]
+        elif engine.min_tokens(text) > limit:
+            raise RequestError(f"input is at least {engine.min_tokens(text)} tokens, longer "
+                               f"than the context ({limit}); shorten it or allow truncation")
+        token_lists.append(_tokens(llama_model, text, limit, truncate))
     if not token_lists:
         return [], 0
     ctx = _context(loaded, max(len(t) for t in token_lists), pooling, opts["num_thread"])

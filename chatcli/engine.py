@@ -73,7 +73,7 @@ class Engine:
         self._cache: list[int] = []  # tokens whose K/V are in the context, from position 0
         self._cut: tuple[int, Any] | None = None  # where the last trim cut the conversation
         self._shape: memory.ModelShape | None = None
-        self._pieces: tuple[int, bool] | None = None  # see _min_tokens
+        self._pieces: tuple[int, bool] | None = None  # see min_tokens
         self._clamped: set[int] = set()  # num_ctx values already lowered to n_ctx_train
         meta = self._model.metadata
         self.template = ChatTemplate(
@@ -335,7 +335,7 @@ class Engine:
         it fits: the prompt's start then stays put and the KV cache is reused, instead of every
         turn shifting the cut by one turn and re-reading everything (Ollama's context shift
         plays the same role). Cut points are found by binary search: O(log n) renders. A
-        candidate whose cheap lower bound (``_min_tokens``) already exceeds the room is never
+        candidate whose cheap lower bound (``min_tokens``) already exceeds the room is never
         tokenized, so a huge conversation costs renders, not minutes of tokenizing, and a huge
         latest message is refused at once (ContextOverflowError).
         """
@@ -356,7 +356,7 @@ class Engine:
                 return at_least[start]
             kept = [m for i, m in enumerate(msgs) if i >= start or m.get("role") == "system"]
             text = self.render(kept, **template_vars)
-            at_least[start] = self._min_tokens(text)
+            at_least[start] = self.min_tokens(text)
             if at_least[start] > limit:  # cannot fit: not worth tokenizing (~3 s per MB)
                 return at_least[start]
             fitted[start] = (self.tokenize(text), text)
@@ -400,7 +400,7 @@ class Engine:
 
     def _fit_raw(self, prompt: str) -> tuple[list[int], int, int, str]:
         """A raw prompt is taken as it is: nothing to drop, so it must fit."""
-        bound = self._min_tokens(prompt)
+        bound = self.min_tokens(prompt)
         if bound >= self.n_ctx:
             raise ContextOverflowError(
                 f"the prompt is at least {bound} tokens but num_ctx is {self.n_ctx}; "
@@ -414,7 +414,7 @@ class Engine:
             )
         return tokens, 0, 0, prompt
 
-    def _min_tokens(self, text: str) -> int:
+    def min_tokens(self, text: str) -> int:
         """A lower bound on ``len(self.tokenize(text))``, found without tokenizing.
 
         No token stands for more bytes than the vocabulary's longest piece, so a text of B

@@ -2,7 +2,7 @@
 _chat() {
     local cur="${COMP_WORDS[COMP_CWORD]}" prev="${COMP_WORDS[COMP_CWORD-1]}"
     if [[ $COMP_CWORD -eq 1 ]]; then
-        COMPREPLY=($(compgen -W "cp create list pull rm run serve show --version -V --install-completion --show-completion --help -h" -- "$cur")); return
+        COMPREPLY=($(compgen -W "cp create info list pull rm run serve show --version -V --install-completion --show-completion --help -h" -- "$cur")); return
     fi
     case "${COMP_WORDS[1]}" in
         cp)
@@ -18,6 +18,10 @@ _chat() {
                 --file|-f) COMPREPLY=($(compgen -f -- "$cur")); return;;
             esac
             COMPREPLY=($(compgen -W "--file -f --debug --help -h" -- "$cur"));;
+        info)
+            case "$prev" in
+            esac
+            COMPREPLY=($(compgen -W "--probe --debug --help -h" -- "$cur"));;
         list)
             case "$prev" in
             esac

@@ -2,6 +2,7 @@
 complete -c chat -f
 complete -c chat -n '__fish_use_subcommand' -a cp -d 'Copy a model to a new name (no data is duplicated in chatclis store).'
 complete -c chat -n '__fish_use_subcommand' -a create -d 'Create a model from a Modelfile (FROM a name or a .gguf path, PARAMETER, SYSTEM, ...).'
+complete -c chat -n '__fish_use_subcommand' -a info -d 'Versions, CPU features, GPU devices, safe mode, threads and paths.'
 complete -c chat -n '__fish_use_subcommand' -a list -d 'List the models chatcli can run (its store, the bundled model, Ollamas store).'
 complete -c chat -n '__fish_use_subcommand' -a pull -d 'Download a model from the Ollama registry or Hugging Face (resumes where it stopped).'
 complete -c chat -n '__fish_use_subcommand' -a rm -d 'Remove models from chatclis store (a blob is freed when no model uses it).'
@@ -18,6 +19,9 @@ complete -c chat -n '__fish_seen_subcommand_from cp' -a '(chat list 2>/dev/null 
 complete -c chat -n '__fish_seen_subcommand_from create' -l file -s f -r -F -d 'The Modelfile.'
 complete -c chat -n '__fish_seen_subcommand_from create' -l debug -d 'Show tracebacks.'
 complete -c chat -n '__fish_seen_subcommand_from create' -l help -s h -d 'Show help and exit.'
+complete -c chat -n '__fish_seen_subcommand_from info' -l probe -d 'Run the safe-mode check again now, on the default model.'
+complete -c chat -n '__fish_seen_subcommand_from info' -l debug -d 'Show tracebacks.'
+complete -c chat -n '__fish_seen_subcommand_from info' -l help -s h -d 'Show help and exit.'
 complete -c chat -n '__fish_seen_subcommand_from list' -l debug -d 'Show tracebacks.'
 complete -c chat -n '__fish_seen_subcommand_from list' -l help -s h -d 'Show help and exit.'
 complete -c chat -n '__fish_seen_subcommand_from pull' -l insecure -d 'Allow plain-http registries.'

@@ -51,8 +51,9 @@ def test_seed_pirate_system_prompt_example():
 
 
 def test_streaming_chunk_shape():
-    chunks = list(chat(MODEL, [{"role": "user", "content": "Say hello."}], stream=True,
-                       options={**DET, "num_predict": 20}))
+    # A question whose answer is longer than 20 tokens on any build, so the cut is "length".
+    ask = [{"role": "user", "content": "Write a long story about a dragon."}]
+    chunks = list(chat(MODEL, ask, stream=True, options={**DET, "num_predict": 20}))
     assert len(chunks) >= 2
     *deltas, last = chunks
     for c in deltas:
@@ -65,8 +66,7 @@ def test_streaming_chunk_shape():
     for name in METRICS:
         assert last[name] > 0
     # Streaming and non-streaming give the same text for the same seed.
-    whole = chat(MODEL, [{"role": "user", "content": "Say hello."}],
-                 options={**DET, "num_predict": 20})
+    whole = chat(MODEL, ask, options={**DET, "num_predict": 20})
     assert "".join(c.message.content for c in deltas) == whole.message.content
 
 

@@ -67,6 +67,19 @@ def test_long_inputs_are_cut_to_the_context(embedder):
         embed(str(embedder), [long_a], truncate=False, options={"num_ctx": 64})
 
 
+def test_a_huge_input_is_not_tokenized_whole(embedder):
+    # 8 MB (the server's body limit) is ~25 s of tokenizing: cut first, or refuse by the bound.
+    import time
+
+    huge = "hello world " * 700_000
+    start = time.monotonic()
+    cut = embed(str(embedder), [huge], options={"num_ctx": 64})
+    assert cut.prompt_eval_count == 64
+    with pytest.raises(RequestError, match="at least .* tokens, longer than the context"):
+        embed(str(embedder), [huge], truncate=False, options={"num_ctx": 64})
+    assert time.monotonic() - start < 5
+
+
 def test_dimensions_keep_a_normalised_prefix(embedder):
     full = embed(str(embedder), ["hello world"]).embeddings[0]
     short = embed(str(embedder), ["hello world"], dimensions=8).embeddings[0]

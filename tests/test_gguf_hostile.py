@@ -267,7 +267,7 @@ _MEASURE = textwrap.dedent("""
         except ChatCliError as e:
             result = "error"
         out[path] = [result, time.perf_counter() - start]
-    out["maxrss_kb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    out["maxrss_kb"] = int(open('/proc/self/status').read().split('VmHWM:')[1].split()[0])
     print(json.dumps(out))
 """)
 

@@ -346,10 +346,10 @@ def test_min_tokens_is_a_lower_bound(engine):
     ]
     for piece in pieces:
         text = piece * (4 * engine.n_ctx // len(piece) + 1)  # long enough to be bounded
-        bound = engine._min_tokens(text)
+        bound = engine.min_tokens(text)
         assert 0 < bound <= len(engine.tokenize(text)), piece
     # Texts that may fit cost nothing (no vocabulary scan).
-    assert engine._min_tokens("short") == engine._min_tokens("x" * 4 * engine.n_ctx) == 0
+    assert engine.min_tokens("short") == engine.min_tokens("x" * 4 * engine.n_ctx) == 0
 
 
 def test_a_huge_message_is_refused_at_once():

@@ -37,6 +37,10 @@ def seen_params(monkeypatch):
     """The use_extra_bufts of every model llama.cpp is asked to load in this process."""
     from llama_cpp import _internals
 
+    from chatcli.loaded import CACHE
+
+    CACHE.unload_all()  # an earlier test's model may still be loaded (keep_alive)
+
     seen: list[bool] = []
     real = _internals.LlamaModel
 
