@@ -61,7 +61,7 @@ def _generation(path: Path, lengths: tuple[int, ...], reps: int) -> Section:
             events = list(engine.chat([{"role": "user", "content": LONG_PROMPT}],
                                       {**GEN_OPTS, "num_predict": 1, "num_ctx": n_ctx}))
             m = events[-1].metrics
-            assert m.prompt_eval_count == len(ptoks)
+            assert m.prompt_eval_count == len(ptoks) and m.prompt_cached_count == 0
             ours.append(m.prompt_eval_count / (m.prompt_eval_duration / 1e9))
 
         for i in range(reps * 2):  # cheap: more repetitions, alternating which goes first
@@ -104,7 +104,8 @@ def multi_turn(path: Path, turns: int) -> Section:
                     text.append(event.text)
                 done = event
             ttft = (first or time.perf_counter()) - start
-            evaluated = done.metrics.prompt_eval_count
+            # prompt_eval_count is the whole prompt; what was read is the part not cached.
+            evaluated = done.metrics.prompt_eval_count - done.metrics.prompt_cached_count
             reused = len(tokens) - evaluated
             bare.sync(tokens, reused)
             base = bare.first_token(tokens, reused)

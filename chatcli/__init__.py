@@ -5,10 +5,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["chat", "ChatResponse", "Message", "ChatCliError", "__version__"]
+__all__ = ["chat", "embed", "ChatResponse", "EmbedResponse", "Message", "ChatCliError",
+           "__version__"]
 
 if TYPE_CHECKING:
     from .api import chat
+    from .embedding import EmbedResponse, embed
     from .errors import ChatCliError
     from .responses import ChatResponse, Message
 
@@ -19,6 +21,10 @@ def __getattr__(name: str) -> Any:
         from .api import chat
 
         return chat
+    if name in ("embed", "EmbedResponse"):
+        from . import embedding
+
+        return getattr(embedding, name)
     if name in ("ChatResponse", "Message"):
         from . import responses
 

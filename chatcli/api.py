@@ -121,7 +121,7 @@ def chat(
     tools = textclean.clean_value(tools, "tools") if tools else tools
     format = textclean.clean_value(format, "format") if format else format
     options = textclean.clean_value(options, "options") if options else options
-    opts = opts_mod.validate(options)
+    opts = opts_mod.accept(options).options  # lenient, as Ollama is with programs
     keep = parse_keep_alive(keep_alive)
     resolved = resolve(model or DEFAULT_MODEL)
     msgs = with_model_system(msgs, resolved)
@@ -147,15 +147,16 @@ def chat(
     return final
 
 
-def _chunk(name: str, event: Any) -> ChatResponse | None:
-    """One streamed chunk for a thinking, content or tool-call event."""
+def _chunk(name: str, event: Any, calls: int = 0) -> ChatResponse | None:
+    """One streamed chunk for a thinking, content or tool-call event (``calls``: how many tool
+    calls came before this one, its ``function.index``)."""
     if isinstance(event, ContentDelta):
         message = Message(role="assistant", content=event.text)
     elif isinstance(event, ThinkingDelta):
         message = Message(role="assistant", content="", thinking=event.text)
     elif isinstance(event, ToolCall):
-        record = ToolCallRecord(function=ToolCallFunction(name=event.name,
-                                                          arguments=event.arguments))
+        function = ToolCallFunction(name=event.name, arguments=event.arguments, index=calls)
+        record = ToolCallRecord(function=function, id=event.id)
         message = Message(role="assistant", content="", tool_calls=[record])
     else:
         return None
@@ -175,9 +176,11 @@ def _run(resolved, msgs, opts, request, keep, start) -> Iterator[ChatResponse]:
             CACHE.release(entry, keep)
 
     def generate() -> Iterator[ChatResponse]:
+        calls = 0
         try:
             for event in run_chat(entry, msgs, opts, start=start, ready=ready, **request):
-                chunk = _chunk(name, event)
+                chunk = _chunk(name, event, calls)
+                calls += isinstance(event, ToolCall)
                 if chunk is not None:
                     yield chunk
                 elif isinstance(event, Done):
@@ -191,6 +194,7 @@ def _run(resolved, msgs, opts, request, keep, start) -> Iterator[ChatResponse]:
                         total_duration=m.total_duration,
                         load_duration=m.load_duration,
                         prompt_eval_count=m.prompt_eval_count,
+                        prompt_cached_count=m.prompt_cached_count,
                         prompt_eval_duration=m.prompt_eval_duration,
                         eval_count=m.eval_count,
                         eval_duration=m.eval_duration,

@@ -20,7 +20,7 @@ from typing import Any
 from . import backend, memory
 from . import options as opts_mod
 from .cancel import CancelFlag, abort_callback
-from .errors import ContextOverflowError, ModelLoadError, NotSupportedError
+from .errors import ContextOverflowError, ModelLoadError, NotSupportedError, RequestError
 from .events import Done, Event, Metrics, Trimmed
 from .parsing import OutputParser
 from .template import ChatTemplate
@@ -104,9 +104,24 @@ class Engine:
         return self._model.n_ctx_train
 
     @property
+    def loaded_model(self) -> backend.LoadedModel:
+        """The weights and their llama.cpp handle, for work that shares them (embeddings)."""
+        return self._model
+
+    @property
     def gpu_layers(self) -> int:
         """Layers offloaded to a GPU: 0 = none (a CPU build, or num_gpu 0), -1 = all."""
         return self._model.n_gpu_layers if backend.gpu_offload_supported() else 0
+
+    @property
+    def context_bytes(self) -> int:
+        """Memory the context holds now besides the weights: its KV cache and compute buffers
+        (memory.context_bytes, the estimate that refuses a context too big for the machine).
+        Reads only values set when the context was made, so any thread may ask."""
+        shape, ctx_shape = self._shape, self._ctx_shape
+        if shape is None or ctx_shape is None:
+            return 0
+        return memory.context_bytes(shape, *ctx_shape)
 
     @property
     def cached_tokens(self) -> int:
@@ -173,6 +188,8 @@ class Engine:
         format: Any = None,
         cancel: threading.Event | None = None,
         raw: str | None = None,
+        context: Sequence[int] | None = None,
+        suffix: str | None = None,
         **template_vars: Any,
     ) -> Iterator[Event]:
         """Answer the conversation; yields Trimmed (if old turns were dropped), then thinking,
@@ -180,6 +197,9 @@ class Engine:
 
         ``tools``, ``think`` and ``format`` have Ollama's meaning (see capabilities.plan).
         ``raw`` is Ollama's raw mode: that text is the whole prompt, with no template.
+        ``context`` (token ids from an earlier Done) goes before the prompt, which continues it.
+        ``suffix`` makes it fill-in-the-middle: ``raw`` is the text before the gap, ``suffix``
+        the text after it, joined with the model's FIM tokens.
         Setting ``cancel`` stops the answer within one token (or, during prompt evaluation,
         within one llama.cpp graph node); the final event is then ``Done("cancelled")``.
         """
@@ -190,11 +210,17 @@ class Engine:
         how = plan(source, self.name, messages, tools=tools, think=think, format=format)
         images = self._attach_images(how.messages)
         load_ns = self._ensure_context(opts)
-        if raw is None:
+        if images and context:
+            raise NotSupportedError("'context' cannot be combined with images")
+        if suffix is not None:
+            tokens, dropped, kept, prompt = self._fit_infill(raw or "", suffix)
+        elif raw is None:
             tokens, dropped, kept, prompt = self._fit(how.messages, opts,
                                                       {**how.template_vars, **template_vars})
         else:
             tokens, dropped, kept, prompt = self._fit_raw(raw)
+        if context:
+            tokens = self._after_context(context, tokens)
         if dropped:
             yield Trimmed(dropped=dropped, kept=kept)
         if images:
@@ -289,6 +315,8 @@ class Engine:
             )
             self._ctx_shape = shape
             self._threads = opts["num_thread"]
+            if self._shape is None:  # for context_bytes, which /api/ps reads from any thread
+                self._shape = memory.model_shape(self._model)
         elif opts["num_thread"] != self._threads:
             self._ctx.set_n_threads(opts["num_thread"], opts["num_thread"])
             self._threads = opts["num_thread"]
@@ -414,6 +442,45 @@ class Engine:
             )
         return tokens, 0, 0, prompt
 
+    def _fit_infill(self, prefix: str, suffix: str) -> tuple[list[int], int, int, str]:
+        """Fill-in-the-middle with the vocabulary's FIM tokens, in llama.cpp's order:
+        [BOS] <fim_pre> prefix <fim_suf> suffix <fim_mid>; the answer is the middle."""
+        lc, vocab, model = backend.llama(), self._model.vocab, self._model.model
+        pre, suf, mid = (lc.llama_vocab_fim_pre(vocab), lc.llama_vocab_fim_suf(vocab),
+                         lc.llama_vocab_fim_mid(vocab))
+        if min(pre, suf, mid) < 0:
+            raise NotSupportedError(f'model "{self.name}" does not support insert')
+        self._fit_raw(prefix + suffix)  # the same bounds as a raw prompt, before tokenizing
+
+        def text(s: str) -> list[int]:
+            return model.tokenize(s.encode("utf-8"), add_bos=False, special=False) if s else []
+
+        bos = [model.token_bos()] if model.add_bos_token() and model.token_bos() >= 0 else []
+        tokens = [*bos, pre, *text(prefix), suf, *text(suffix), mid]
+        if len(tokens) >= self.n_ctx:
+            raise ContextOverflowError(
+                f"the prompt is {len(tokens)} tokens but num_ctx is {self.n_ctx}; "
+                "shorten the prompt or raise num_ctx"
+            )
+        return tokens, 0, 0, prefix
+
+    def _after_context(self, context: Sequence[int], tokens: list[int]) -> list[int]:
+        """``context`` (an earlier answer's tokens) followed by this prompt's tokens, without
+        the prompt's own BOS: the sequence already has one."""
+        n_vocab = self._model.model.n_vocab()
+        if not all(type(t) is int and 0 <= t < n_vocab for t in context):
+            raise RequestError(f"'context' must be token ids from this model (0..{n_vocab - 1})")
+        bos = self._model.model.token_bos()
+        if tokens and tokens[0] == bos and context:
+            tokens = tokens[1:]
+        whole = [*context, *tokens]
+        if len(whole) >= self.n_ctx:
+            raise ContextOverflowError(
+                f"the context and prompt are {len(whole)} tokens but num_ctx is {self.n_ctx}; "
+                "start a new context or raise num_ctx"
+            )
+        return whole
+
     def min_tokens(self, text: str) -> int:
         """A lower bound on ``len(self.tokenize(text))``, found without tokenizing.
 
@@ -506,18 +573,31 @@ class Engine:
             for tok in prompt[-last_n:]:
                 lc.llama_sampler_accept(penalties, tok)
             lc.llama_sampler_chain_add(sampler.sampler, penalties)
+        seed = opts["seed"]
+        seed = _RANDOM_SEED if seed is None or seed < 0 else seed
         if opts["temperature"] <= 0:
-            sampler.add_greedy()
+            sampler.add_greedy()  # temperature 0 is greedy, Mirostat or not
+        elif opts["mirostat"]:
+            # As llama.cpp's common sampler (which Ollama's runner used) builds it: Mirostat
+            # does its own truncation, so top_k/top_p/min_p/typical_p do not apply.
+            sampler.add_temp(opts["temperature"])
+            tau, eta = opts["mirostat_tau"], opts["mirostat_eta"]
+            if opts["mirostat"] == 1:
+                sampler.add_mirostat(self._model.model.n_vocab(), seed, tau, eta, 100)
+            else:
+                sampler.add_mirostat_v2(seed, tau, eta)
         else:
+            # llama.cpp's default order: top_k, typical_p, top_p, min_p, temperature.
             if opts["top_k"] > 0:
                 sampler.add_top_k(opts["top_k"])
+            if opts["typical_p"] < 1.0:
+                sampler.add_typical(opts["typical_p"], 1)
             if opts["top_p"] < 1.0:
                 sampler.add_top_p(opts["top_p"], 1)
             if opts["min_p"] > 0.0:
                 sampler.add_min_p(opts["min_p"], 1)
             sampler.add_temp(opts["temperature"])
-            seed = opts["seed"]
-            sampler.add_dist(_RANDOM_SEED if seed is None or seed < 0 else seed)
+            sampler.add_dist(seed)
         return sampler
 
     def _eval_prompt(self, tokens: list[int], n_past: int, cancel: threading.Event) -> bool:
@@ -569,7 +649,9 @@ class Engine:
             ctx.kv_cache_seq_rm(0, n_past, -1)
             start = time.perf_counter_ns()
             finished = self._eval_prompt(tokens, n_past, cancel)
-            metrics.prompt_eval_count = len(cache) - n_past
+            # The seed's "number of tokens in the prompt": all of it, the cached part included.
+            metrics.prompt_eval_count = len(tokens)
+            metrics.prompt_cached_count = n_past
             metrics.prompt_eval_duration = time.perf_counter_ns() - start
             if not finished:
                 yield Done(done_reason="cancelled", metrics=metrics, trimmed=dropped)
@@ -596,6 +678,7 @@ class Engine:
         eval_ns = 0
         count = 0
         done_reason = "stop"
+        held = -1
         t = now()
         try:
             while True:
@@ -623,6 +706,7 @@ class Engine:
                         break
                 if count >= limit or len(cache) + 1 >= n_ctx:
                     done_reason = "length"
+                    held = tok  # part of the answer, though never decoded into the cache
                     break
                 cb.n_tokens = 1
                 cb.token[0] = tok
@@ -632,6 +716,7 @@ class Engine:
                 cb.logits[0] = True
                 if decode(cctx, cb) != 0:
                     done_reason = "length"  # no KV slot left
+                    held = tok
                     break
                 cache.append(tok)
             eval_ns += now() - t
@@ -642,7 +727,16 @@ class Engine:
             sampler.close()
         metrics.eval_count = count
         metrics.eval_duration = max(eval_ns, 1)
-        yield Done(done_reason=done_reason, metrics=metrics, trimmed=dropped)
+        yield Done(done_reason=done_reason, metrics=metrics, trimmed=dropped,
+                   context=self._context(held))
+
+    def _context(self, held: int) -> list[int] | None:
+        """The tokens that continue this answer (/api/generate's ``context``): the cache, plus
+        the answer's last token if it was never decoded; None after images (no token ids)."""
+        tokens = list(self._cache)
+        if held >= 0:
+            tokens.append(held)
+        return None if tokens and min(tokens) < 0 else tokens
 
 
 def load(path: Path, **kwargs: Any) -> Engine:

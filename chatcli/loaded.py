@@ -27,6 +27,8 @@ class LoadedEntry:
     expires_at: float | None = None  # monotonic seconds; None = never
     users: int = 0
     timer: threading.Timer | None = None
+    # keep_alive 0 asked for while the model was busy: unload when its last user is done.
+    unload_when_idle: bool = False
 
 
 class ModelCache:
@@ -49,16 +51,27 @@ class ModelCache:
             if model.projector is not None:
                 entry.engine.projector = model.projector
             entry.users += 1
+            entry.unload_when_idle = False  # a later request's keep_alive decides now
             if entry.timer is not None:
                 entry.timer.cancel()
                 entry.timer = None
             return entry
 
     def release(self, entry: LoadedEntry, keep_alive: float | None) -> None:
-        """The caller is done with ``entry``; schedule its unload after ``keep_alive``."""
+        """The caller is done with ``entry``; schedule its unload after ``keep_alive``.
+
+        While others still use it, a keep_alive of 0 is remembered rather than lost: the model
+        is unloaded when the last of them is done (unless a request that came later asks
+        otherwise), as Ollama does.
+        """
         with self._lock:
             entry.users -= 1
+            zero = keep_alive is not None and keep_alive == 0  # negative means forever
             if entry.users > 0:
+                entry.unload_when_idle |= zero
+                return
+            if entry.unload_when_idle:
+                self._unload_locked(entry)
                 return
             if keep_alive is None or math.isnan(keep_alive) or math.isinf(keep_alive):
                 entry.expires_at = None  # forever (parse_keep_alive never gives NaN)
@@ -88,6 +101,7 @@ class ModelCache:
                 self._unload_locked(entry)
             else:
                 entry.expires_at = time.monotonic()
+                entry.unload_when_idle = True  # the busy request's own keep_alive is overruled
 
     def _expire(self, entry: LoadedEntry) -> None:
         with self._lock:

@@ -91,12 +91,22 @@ def from_manifest(store, name, manifest) -> ResolvedModel:
 
 
 def _known_params(params: Any) -> dict[str, Any]:
-    """Registry params may carry options chatcli does not implement (mirostat...): drop them."""
+    """The options of a registry params layer that chatcli honours, each validated on its own:
+    options it cannot honour (num_keep, tfs_z...) and odd values are dropped, quietly (this
+    runs on every request that names the model), and never cost the model its other
+    defaults."""
     from . import options as opts_mod
 
     if not isinstance(params, dict):
         return {}
-    return {k: v for k, v in params.items() if k in opts_mod.SPECS}
+    out: dict[str, Any] = {}
+    for name, value in params.items():
+        if name in opts_mod.SPECS and value is not None:
+            try:
+                out.update(opts_mod.validate({name: value}))
+            except ChatCliError:
+                pass
+    return out
 
 
 def resolve(name: str) -> ResolvedModel:

@@ -2,15 +2,26 @@
 
 One table (``SPECS``) says each option's type, default, allowed range and meaning; it drives
 validation here, ``/set parameter`` completion and ``/show parameters`` in the REPL, and the
-``-o NAME=VALUE`` parser of the CLI.
+``-o NAME=VALUE`` parser of the CLI. A second table (``UNSUPPORTED``) holds the rest of
+Ollama's option names: ones chatcli cannot honour, each with the reason.
+
+Two entry points, one per kind of caller:
+
+- ``validate`` is strict, for what a person types (``-o``, ``/set parameter``, Modelfile
+  ``PARAMETER`` lines, saved conversations): an unknown name, an option chatcli cannot honour,
+  or ``null`` is an error, because a typo there deserves one.
+- ``accept`` is lenient like Ollama, for programs (the HTTP server, ``chatcli.chat()``): ``null``
+  means "the default", unknown names and options chatcli cannot honour are logged (logger
+  ``chatcli``) and left out. A wrong type or range for an option chatcli knows is still an error.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import InvalidOptionError
@@ -19,7 +30,7 @@ from .errors import InvalidOptionError
 @dataclass(frozen=True)
 class OptionSpec:
     name: str
-    kind: type  # int, float or list (list of strings)
+    kind: type  # int, float, bool or list (list of strings)
     default: Any
     help: str
     check: Callable[[Any], bool] = lambda v: True
@@ -60,6 +71,14 @@ SPECS: dict[str, OptionSpec] = {
                    _ge(0), ">= 0"),
         OptionSpec("min_p", float, 0.0, "drop tokens below p x the top probability",
                    _between(0, 1), "0..1"),
+        OptionSpec("typical_p", float, 1.0, "locally typical sampling; 1 = off",
+                   _between(0, 1), "0..1"),
+        OptionSpec("mirostat", int, 0, "Mirostat sampling (replaces top_k/top_p/min_p/"
+                   "typical_p): 0 = off, 1 = Mirostat, 2 = Mirostat 2.0",
+                   _between(0, 2), "0, 1 or 2"),
+        OptionSpec("mirostat_tau", float, 5.0, "Mirostat's target surprise; lower = more "
+                   "focused text", _ge(0), ">= 0"),
+        OptionSpec("mirostat_eta", float, 0.1, "Mirostat's learning rate", _ge(0), ">= 0"),
         OptionSpec("seed", int, None, "random seed; fixed seed + temperature 0 = repeatable",
                    _ge(-1), ">= -1"),
         OptionSpec("num_predict", int, -1, "max tokens to generate; -1 = until done",
@@ -91,7 +110,52 @@ SPECS: dict[str, OptionSpec] = {
 LOAD_OPTIONS = frozenset({"num_ctx", "num_gpu", "num_batch"})
 
 
-def _coerce(spec: OptionSpec, value: Any) -> Any:
+@dataclass(frozen=True)
+class Unsupported:
+    """An option of Ollama's that chatcli cannot honour (its type is still checked)."""
+
+    name: str
+    kind: type
+    inert: Any  # the value that asks for what chatcli does anyway: ignoring it changes nothing
+    reason: str
+
+
+_FROM_MODEL = "read from the model file (an option of old Ollama versions)"
+
+# The rest of Ollama's options (api/types.go Options and Runner, and a few of its older ones).
+UNSUPPORTED: dict[str, Unsupported] = {
+    u.name: u
+    for u in [
+        Unsupported("num_keep", int, None, "when a conversation outgrows num_ctx chatcli keeps "
+                    "the system messages and drops whole old turns, not a number of tokens"),
+        Unsupported("tfs_z", float, 1.0, "llama.cpp no longer has tail-free sampling"),
+        Unsupported("penalize_newline", bool, True,
+                    "llama.cpp's penalties treat a newline like any other token"),
+        Unsupported("numa", bool, False, "NUMA placement is llama.cpp's default"),
+        Unsupported("main_gpu", int, 0, "llama.cpp splits the layers over every GPU it sees"),
+        Unsupported("low_vram", bool, False, "llama.cpp no longer has a low-VRAM mode"),
+        Unsupported("f16_kv", bool, True, "the KV cache is always 16-bit"),
+        Unsupported("logits_all", bool, False, "chatcli needs only the last token's logits"),
+        Unsupported("vocab_only", bool, False, "chatcli always loads the weights"),
+        Unsupported("use_mmap", bool, True, "chatcli always memory-maps the weights"),
+        Unsupported("use_mlock", bool, False, "chatcli does not lock the weights in memory"),
+        Unsupported("embedding_only", bool, False, "every chatcli model can chat"),
+        Unsupported("num_gqa", int, None, _FROM_MODEL),
+        Unsupported("rope_frequency_base", float, None, _FROM_MODEL),
+        Unsupported("rope_frequency_scale", float, None, _FROM_MODEL),
+    ]
+}
+
+_log = logging.getLogger("chatcli")
+_LOGGED_NAMES = 10  # ignored names logged per request; a body can hold thousands
+_NAME_CHARS = 64  # of each logged name: a request's key is not the log's to keep whole
+
+
+def _coerce(spec: OptionSpec | Unsupported, value: Any) -> Any:
+    if spec.kind is bool:
+        if not isinstance(value, bool):
+            raise InvalidOptionError(f"option '{spec.name}' must be true or false")
+        return value
     if spec.kind is list:
         if isinstance(value, str):
             return [value]
@@ -112,7 +176,9 @@ def _coerce(spec: OptionSpec, value: Any) -> Any:
 
 
 def validate(options: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Check names, types and ranges; return a new dict with normalised values."""
+    """Strict, for what a person types: check names, types and ranges; return a new dict
+    with normalised values. An unknown name, an option chatcli cannot honour and a null
+    value are errors (InvalidOptionError)."""
     if options is None:
         return {}
     if not isinstance(options, Mapping):
@@ -121,6 +187,10 @@ def validate(options: Mapping[str, Any] | None) -> dict[str, Any]:
     for name, value in options.items():
         spec = SPECS.get(name)
         if spec is None:
+            if name in UNSUPPORTED:
+                raise InvalidOptionError(
+                    f"option '{name}' is not supported by chatcli: {UNSUPPORTED[name].reason}"
+                )
             raise InvalidOptionError(
                 f"unknown option '{name}'; valid options: {', '.join(sorted(SPECS))}"
             )
@@ -129,6 +199,52 @@ def validate(options: Mapping[str, Any] | None) -> dict[str, Any]:
             raise InvalidOptionError(f"option '{name}' must be {spec.rule}, got {value!r}")
         out[name] = value
     return out
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """What ``accept`` made of a program's options."""
+
+    options: dict[str, Any]  # validated and normalised, ready for the engine
+    ignored: dict[str, str] = field(default_factory=dict)  # name -> why it has no effect
+
+
+def accept(options: Mapping[str, Any] | None) -> Accepted:
+    """Lenient, as Ollama is with the options a program sends (the server, ``chatcli.chat()``).
+
+    ``null`` means "the default" and is left out. Options chatcli honours are validated as
+    ``validate`` does: a wrong type or an out-of-range value is still InvalidOptionError.
+    Ollama's options that chatcli cannot honour are type-checked, then ignored; unknown
+    names are ignored. Each ignored option is logged (logger ``chatcli``) unless its value
+    asks for what chatcli does anyway (``use_mmap: true``, ``tfs_z: 1``).
+    """
+    if options is None:
+        return Accepted({})
+    if not isinstance(options, Mapping):
+        raise InvalidOptionError("options must be a mapping of option names to values")
+    out: dict[str, Any] = {}
+    ignored: dict[str, str] = {}
+    for name, value in options.items():
+        if value is None:
+            continue
+        if name in SPECS:
+            out.update(validate({name: value}))
+        elif name in UNSUPPORTED:
+            spec = UNSUPPORTED[name]
+            if _coerce(spec, value) != spec.inert:
+                ignored[name] = spec.reason
+        else:
+            ignored[str(name)] = "unknown option"
+    _log_ignored(ignored)
+    return Accepted(out, ignored)
+
+
+def _log_ignored(ignored: Mapping[str, str]) -> None:
+    for name, why in list(ignored.items())[:_LOGGED_NAMES]:
+        shown = name if len(name) <= _NAME_CHARS else name[:_NAME_CHARS] + "..."
+        _log.warning("option %r ignored: %s", shown, why)
+    if len(ignored) > _LOGGED_NAMES:
+        _log.warning("%d more options ignored", len(ignored) - _LOGGED_NAMES)
 
 
 def parse_value(name: str, text: str) -> Any:

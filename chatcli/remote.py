@@ -271,7 +271,10 @@ def _message_events(message: Mapping[str, Any]) -> Iterator[Event]:
                 arguments = loads(arguments, "the tool call's arguments")
             except (ValueError, TooDeepError):
                 arguments = {"arguments": arguments}
-        yield ToolCall(name=str(function.get("name", "")), arguments=dict(arguments or {}))
+        call_id = call.get("id")
+        extra = {"id": call_id} if isinstance(call_id, str) and call_id else {}
+        yield ToolCall(name=str(function.get("name", "")), arguments=dict(arguments or {}),
+                       **extra)
 
 
 def _metrics(final: Mapping[str, Any]) -> Metrics:
@@ -282,6 +285,7 @@ def _metrics(final: Mapping[str, Any]) -> Metrics:
     return Metrics(total_duration=number("total_duration"),
                    load_duration=number("load_duration"),
                    prompt_eval_count=number("prompt_eval_count"),
+                   prompt_cached_count=number("prompt_cached_count"),
                    prompt_eval_duration=number("prompt_eval_duration"),
                    eval_count=number("eval_count"),
                    eval_duration=number("eval_duration"))
@@ -289,7 +293,7 @@ def _metrics(final: Mapping[str, Any]) -> Metrics:
 
 def parse_parameters(text: str) -> dict[str, Any]:
     """/api/show's ``parameters`` text (``name value`` lines) as validated options; options
-    chatcli does not know (mirostat...) are left out, as for pulled models."""
+    chatcli does not honour (num_keep, tfs_z...) are left out, as for pulled models."""
     out: dict[str, Any] = {}
     for line in text.splitlines():
         name, _, value = line.strip().partition(" ")

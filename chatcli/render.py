@@ -79,9 +79,13 @@ def format_stats(metrics: Metrics) -> str:
         lines.append(f"load duration:        {_duration(m.load_duration)}")
     if m.prompt_eval_count > 0:
         lines.append(f"prompt eval count:    {m.prompt_eval_count} token(s)")
+    if m.prompt_cached_count > 0:
+        lines.append(f"prompt cached count:  {m.prompt_cached_count} token(s)")
     if m.prompt_eval_duration > 0:
+        # The rate of the tokens actually evaluated: cached ones took no time.
+        evaluated = m.prompt_eval_count - m.prompt_cached_count
         lines.append(f"prompt eval duration: {_duration(m.prompt_eval_duration)}")
-        lines.append(f"prompt eval rate:     {_rate(m.prompt_eval_count, m.prompt_eval_duration)}")
+        lines.append(f"prompt eval rate:     {_rate(evaluated, m.prompt_eval_duration)}")
     if m.eval_count > 0:
         lines.append(f"eval count:           {m.eval_count} token(s)")
     if m.eval_duration > 0:

@@ -64,11 +64,14 @@ def _drop_none(value: Any) -> Any:
 class ToolCallFunction(_Subscriptable):
     name: str
     arguments: dict[str, Any] = field(default_factory=dict)
+    # Ollama's: the call's position among this answer's tool calls (0, 1, ...).
+    index: int | None = None
 
 
 @dataclass
 class ToolCallRecord(_Subscriptable):
     function: ToolCallFunction
+    id: str | None = None  # Ollama's form: "call_" and 8 lowercase letters or digits
 
 
 @dataclass
@@ -94,7 +97,9 @@ class ChatResponse(_Subscriptable):
     done_reason: str | None = None
     total_duration: int | None = None
     load_duration: int | None = None
-    prompt_eval_count: int | None = None
+    prompt_eval_count: int | None = None  # the whole prompt, cached tokens included
+    # chatcli's addition: how many of the prompt's tokens came from the KV cache.
+    prompt_cached_count: int | None = None
     prompt_eval_duration: int | None = None
     eval_count: int | None = None
     eval_duration: int | None = None

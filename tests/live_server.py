@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import socket
 import threading
 import time
@@ -33,3 +35,41 @@ class ServerThread:
         self.server.should_exit = True
         self.thread.join(10)
         self.sock.close()
+
+
+class ErrorLog(logging.Handler):
+    """ERROR records from chatcli's and uvicorn's loggers while in use (``with ErrorLog() as
+    log``); uvicorn's loggers do not propagate, so caplog alone would miss them."""
+
+    NAMES = ("chatcli", "uvicorn", "uvicorn.error")
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def messages(self) -> list[str]:
+        return [r.getMessage() for r in self.records]
+
+    def __enter__(self) -> ErrorLog:
+        for name in self.NAMES:
+            logging.getLogger(name).addHandler(self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for name in self.NAMES:
+            logging.getLogger(name).removeHandler(self)
+
+
+def hang_up_during(url: str, path: str, body: dict, seconds: float = 1.5) -> None:
+    """POST ``body`` as JSON from a raw socket, wait ``seconds`` without reading the answer,
+    then close the connection (a client that gives up on a non-streamed answer)."""
+    host, port = url.removeprefix("http://").split(":")
+    data = json.dumps(body).encode()
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+                     f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n"
+                     "\r\n".encode() + data)
+        time.sleep(seconds)

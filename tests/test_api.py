@@ -36,8 +36,10 @@ def test_seed_multi_turn_example():
         for name in METRICS:
             assert r[name] > 0, name
         assert r.total_duration >= r.load_duration + r.prompt_eval_duration + r.eval_duration
-    # The second turn reuses the first turn's KV cache.
-    assert response2.prompt_eval_count < response.prompt_eval_count + 40
+    # The second turn reuses the first turn's KV cache: its prompt is the whole conversation,
+    # and all of the first turn's prompt came from the cache.
+    assert response2.prompt_eval_count > response.prompt_eval_count
+    assert response2.prompt_cached_count >= response.prompt_eval_count
 
 
 def test_seed_pirate_system_prompt_example():
@@ -92,8 +94,7 @@ def test_unknown_model_names_it():
 
 
 def test_bad_option_and_role():
-    with pytest.raises(InvalidOptionError, match="temprature"):
-        chat(MODEL, [{"role": "user", "content": "hi"}], options={"temprature": 0})
+    # Unknown names are ignored, as Ollama does (tests/test_lenient_options.py); bad values not.
     with pytest.raises(InvalidOptionError, match="top_p"):
         chat(MODEL, [{"role": "user", "content": "hi"}], options={"top_p": 7})
     with pytest.raises(RequestError, match="robot"):

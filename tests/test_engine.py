@@ -68,14 +68,17 @@ def test_second_turn_reuses_kv_cache(engine):
             {"role": "user", "content": "What is the capital of France?"}]
     text, done1, _ = answer(engine, msgs)
     full1 = len(engine.tokenize(engine.render(msgs)))
-    assert done1.metrics.prompt_eval_count == full1  # cold cache: everything evaluated
+    assert done1.metrics.prompt_eval_count == full1  # the whole prompt, as the seed says
+    assert done1.metrics.prompt_cached_count == 0  # cold cache: everything evaluated
     msgs += [{"role": "assistant", "content": text},
              {"role": "user", "content": "What is its population?"}]
     _, done2, _ = answer(engine, msgs)
     full2 = len(engine.tokenize(engine.render(msgs)))
     # Only the new turn (and at most a re-tokenised tail of the answer) is evaluated.
-    assert done2.metrics.prompt_eval_count < full2 - full1 + 5
-    assert done2.metrics.prompt_eval_count < full2 / 2
+    evaluated = done2.metrics.prompt_eval_count - done2.metrics.prompt_cached_count
+    assert done2.metrics.prompt_eval_count == full2
+    assert evaluated < full2 - full1 + 5
+    assert evaluated < full2 / 2
 
 
 def test_overflow_drops_oldest_messages(bundled_path):
@@ -235,7 +238,7 @@ def test_after_a_trim_later_turns_keep_the_cut_and_reuse_the_cache(tiny_gguf):
             msgs += [{"role": "assistant", "content": f"reply {turn}"},
                      {"role": "user", "content": f"more {turn}"}]
             done = list(eng.chat(msgs, opts))[-1]
-            evaluated.append(done.metrics.prompt_eval_count)
+            evaluated.append(done.metrics.prompt_eval_count - done.metrics.prompt_cached_count)
             assert done.trimmed >= first.trimmed
         # Only the new turn is read each time: the cut did not move.
         assert max(evaluated) < 40, evaluated

@@ -154,8 +154,10 @@ def test_bad_hosts_are_refused():
 
 
 def test_show_parameters_text_becomes_options():
-    text = 'stop                           "<|im_end|>"\nstop "a\\nb"\ntemperature 0.2\nmirostat 1'
-    assert parse_parameters(text) == {"stop": ["<|im_end|>", "a\nb"], "temperature": 0.2}
+    text = ('stop                           "<|im_end|>"\nstop "a\\nb"\ntemperature 0.2\n'
+            'mirostat 1\nnum_keep 24\ntfs_z 0.9')
+    assert parse_parameters(text) == {"stop": ["<|im_end|>", "a\nb"], "temperature": 0.2,
+                                      "mirostat": 1}
 
 
 # -- chat run --host -----------------------------------------------------------------------

@@ -211,6 +211,14 @@ def test_format_stats_matches_ollama():
     )
 
 
+def test_format_stats_shows_the_cached_prompt_tokens_and_rates_the_rest():
+    metrics = Metrics(prompt_eval_count=126, prompt_cached_count=100,
+                      prompt_eval_duration=100_000_000, eval_count=1, eval_duration=1)
+    text = format_stats(metrics)
+    assert "prompt eval count:    126 token(s)\nprompt cached count:  100 token(s)\n" in text
+    assert "prompt eval rate:     260.00 tokens/s" in text  # 26 evaluated in 0.1 s
+
+
 @pytest.mark.parametrize(
     ("ns", "text"),
     [

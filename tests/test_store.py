@@ -75,7 +75,7 @@ def make_model(store, gguf: Path, name: str, extra=()):
 
 def test_store_resolve_copy_and_remove_frees_only_unshared_blobs(tiny_gguf):
     store = local_store()
-    make_model(store, tiny_gguf, "tiny", [("params", b'{"temperature": 0.1, "mirostat": 2}'),
+    make_model(store, tiny_gguf, "tiny", [("params", b'{"temperature": 0.1, "tfs_z": 0.9}'),
                                           ("system", b"Be tiny.")])
     r = resolve("tiny")
     assert r.path.parent == store.blobs and r.options == {"temperature": 0.1}

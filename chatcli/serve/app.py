@@ -11,8 +11,8 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from . import ollama_api, openai_api
-from .http import error_response
-from .middleware import BodyLimit, HostCheck, origin_regex
+from .http import error_body, message_for, status_for
+from .middleware import BodyLimit, HostCheck, OriginCheck, origin_regex
 
 BANNER = "chatcli is running"
 
@@ -25,25 +25,33 @@ async def root(request: Request) -> Response:
 async def _http_error(request: Request, exc: Exception) -> Response:
     # Starlette's own 404/405 (no such route, wrong method), in the API's error shape.
     assert isinstance(exc, HTTPException)
+    # Under /v1/ in OpenAI's error object, so OpenAI's clients raise NotFoundError.
     message = {404: "not found", 405: "method not allowed"}.get(exc.status_code, exc.detail)
-    return JSONResponse({"error": f"{message}: {request.method} {request.url.path}"},
-                        status_code=exc.status_code, headers=exc.headers)
+    body = error_body(request.url.path, exc.status_code,
+                      f"{message}: {request.method} {request.url.path}")
+    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
-    return error_response(exc)  # a 500 with no traceback; the log has it
+    # A 500 with no traceback (the log has it), in the shape the path's clients read.
+    status = status_for(exc)
+    return JSONResponse(error_body(request.url.path, status, message_for(exc)),
+                        status_code=status)
 
 
 def build_app() -> Starlette:
     """The Starlette app ``chat serve`` runs.
 
     Browsers may call it only from local origins (plus ``CHATCLI_ORIGINS``), read when the app
-    is built; bodies are limited in size; a loopback-only server answers local Host names only.
+    is built: any other ``Origin`` gets 403 before anything runs; bodies are limited in size; a
+    loopback-only server answers local Host names only.
     """
     routes = [Route("/", root, methods=["GET", "HEAD"]), *ollama_api.routes(),
               *openai_api.routes()]
+    allowed = origin_regex()
     middleware = [
-        Middleware(CORSMiddleware, allow_origin_regex=origin_regex(),
+        Middleware(OriginCheck, allowed=allowed),
+        Middleware(CORSMiddleware, allow_origin_regex=allowed,
                    allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"],
                    allow_headers=["*"]),
         Middleware(HostCheck),

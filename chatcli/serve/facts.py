@@ -126,25 +126,34 @@ def expires_at(expires: float | None) -> str:
 
 
 def tags() -> list[dict[str, Any]]:
-    """/api/tags: every model chatcli can run (its store, the bundled model, Ollama's store)."""
+    """/api/tags: every model chatcli can run (its store, the bundled model, Ollama's store),
+    newest first as in Ollama, each with its capabilities and training context length."""
     from ..catalog import entries
 
-    out = []
+    found = []
     for entry in entries():
         try:
             resolved = resolve(reference(entry.name))
             info = header(resolved.path)
         except (ChatCliError, OSError):
             continue  # an incomplete or unreadable model is left out, as `chat list` shows it
-        out.append({
+        found.append((entry.modified, {
             "name": entry.name,
             "model": entry.name,
             "modified_at": rfc3339(entry.modified),
             "size": entry.size,
             "digest": digest(resolved),
-            "details": details(info),
-        })
-    return out
+            "details": {**details(info), "context_length": _context_length(info)},
+            "capabilities": capabilities(info, resolved.projector),
+        }))
+    found.sort(key=lambda pair: pair[0], reverse=True)
+    return [tag for _, tag in found]
+
+
+def _context_length(info: GGUFInfo) -> int:
+    """The context the model was trained for (0 if its header does not say)."""
+    value = info.arch_value("context_length")
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 def show(resolved: ResolvedModel) -> dict[str, Any]:
@@ -155,7 +164,7 @@ def show(resolved: ResolvedModel) -> dict[str, Any]:
 
     info = header(resolved.path)
     return {
-        "modelfile": render_modelfile(resolved),
+        "modelfile": _modelfile(render_modelfile(resolved), resolved),
         "parameters": parameters_text(resolved.options),
         "template": resolved.template or info.get("tokenizer.chat_template") or CHATML_TEMPLATE,
         "system": resolved.system or "",
@@ -165,6 +174,12 @@ def show(resolved: ResolvedModel) -> dict[str, Any]:
         "capabilities": capabilities(info, resolved.projector),
         "modified_at": rfc3339(modified(resolved)),
     }
+
+
+def _modelfile(text: str, resolved: ResolvedModel) -> str:
+    """The Modelfile with ``FROM`` naming the model rather than its file: the server does
+    not tell clients where its store is (and ``FROM name`` recreates it on any machine)."""
+    return text.replace(f"\nFROM {resolved.path}\n", f"\nFROM {resolved.name}\n", 1)
 
 
 def modified(resolved: ResolvedModel) -> float:
@@ -181,15 +196,17 @@ def modified(resolved: ResolvedModel) -> float:
 
 
 def running() -> list[dict[str, Any]]:
-    """/api/ps: the models loaded in this process and when each one will be unloaded."""
+    """/api/ps: the models loaded in this process and when each one will be unloaded, the one
+    that stays longest first (Ollama's order). ``size`` is the memory in use: the weights
+    plus the context's KV cache and compute buffers."""
     from ..loaded import CACHE
 
     out = []
-    for entry in CACHE.loaded():
+    for entry in sorted(CACHE.loaded(), key=_staying, reverse=True):
         model = entry.model
         try:
             info = header(model.path)
-            size = model_size(model)
+            size = model_size(model) + entry.engine.context_bytes
             ident = digest(model)
         except (ChatCliError, OSError):
             continue
@@ -206,6 +223,11 @@ def running() -> list[dict[str, Any]]:
             "processor": processor(size, vram),
         })
     return out
+
+
+def _staying(entry: Any) -> float:
+    """How long ``entry`` stays loaded (in use or kept forever: longest)."""
+    return math.inf if entry.expires_at is None or entry.users else entry.expires_at
 
 
 def _vram(size: int, gpu_layers: int, blocks: int) -> int:

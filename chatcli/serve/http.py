@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
 from typing import Any
 
 from starlette.requests import Request
@@ -48,17 +50,65 @@ def status_for(error: BaseException) -> int:
 
 
 def message_for(error: BaseException) -> str:
-    """What the client reads: our own errors' messages; nothing internal for the rest."""
+    """What the client reads: our own errors' messages; nothing internal for the rest. Neither
+    names a directory of this machine (see ``redact``)."""
     if isinstance(error, ChatCliError):
-        return str(error)
+        return redact(str(error))
     if isinstance(error, RuntimeError):  # llama.cpp's failures surface as RuntimeError
-        return f"llama.cpp failed while answering: {error}"
+        return redact(f"llama.cpp failed while answering: {error}")
     log.error("unexpected error while serving a request", exc_info=error)
     return f"internal error ({type(error).__name__}); see the server's log"
 
 
+def redact(text: str) -> str:
+    """``text`` with the server's directories in place of their paths: ``<models>`` (chatcli's
+    store), ``<ollama-models>``, ``<bundled>`` (the bundled model's directory) and ``~`` (the
+    home directory), so that an error about a bad model file tells the client which file, not
+    where the store is or whose account runs the server."""
+    from ..models import bundled_model_path
+    from ..paths import models_dir
+
+    ollama = os.environ.get("OLLAMA_MODELS")
+    bundled = bundled_model_path()
+    places = [(models_dir(), "<models>"),
+              (Path(ollama).expanduser() if ollama else Path.home() / ".ollama" / "models",
+               "<ollama-models>"),
+              *([(bundled.parent, "<bundled>")] if bundled is not None else []),
+              (Path.home(), "~")]
+    names: dict[str, str] = {}
+    for path, name in places:
+        for form in (str(path), str(path.resolve())):
+            if len(form) > 1:  # never "/"
+                names.setdefault(form, name)
+    for form in sorted(names, key=len, reverse=True):  # the most specific first
+        text = text.replace(form, names[form])
+    return text
+
+
 def error_response(error: BaseException) -> JSONResponse:
     return JSONResponse({"error": message_for(error)}, status_code=status_for(error))
+
+
+OPENAI_PREFIX = "/v1/"
+
+
+def openai_error(status: int, message: str, *, kind: str | None = None,
+                 param: str | None = None, code: str | None = None) -> dict[str, Any]:
+    """OpenAI's error object. Its ``type`` follows the status as Ollama's OpenAI layer sets
+    it: ``not_found_error`` for 404, ``invalid_request_error`` for the other 4xx,
+    ``api_error`` for 5xx."""
+    if kind is None:
+        kind = ("not_found_error" if status == 404 else
+                "invalid_request_error" if status < 500 else "api_error")
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+def error_body(path: str, status: int, message: str) -> dict[str, Any]:
+    """An error in the shape the path's clients read: OpenAI's object under ``/v1/``,
+    Ollama's ``{"error": "..."}`` everywhere else."""
+    if path.startswith(OPENAI_PREFIX) or path == OPENAI_PREFIX.rstrip("/"):
+        return openai_error(status, message)
+    return {"error": message}
 
 
 def error_line(error: BaseException) -> bytes:

@@ -1,5 +1,5 @@
 """What stands between the network and the endpoints: body size limits, the Host check that
-stops DNS rebinding, and which browser origins may call the API (CORS)."""
+stops DNS rebinding, and which browser origins may call the API (the Origin check and CORS)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import socket
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .http import HTTPError
+from .http import HTTPError, error_body
 
 BODY_LIMIT = 8 << 20  # JSON requests: far more than any chat needs
 BLOB_LIMIT = 64 << 30  # /api/blobs uploads are model weights (GGUF files of many GB)
@@ -25,8 +25,8 @@ LOCAL_ORIGINS = (
 )
 
 
-async def _send_error(send: Send, status: int, message: str) -> None:
-    body = json.dumps({"error": message}).encode()
+async def _send_error(scope: Scope, send: Send, status: int, message: str) -> None:
+    body = json.dumps(error_body(scope.get("path", ""), status, message)).encode()
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"),
                             (b"content-length", str(len(body)).encode())]})
@@ -51,7 +51,7 @@ class BodyLimit:
         too_large = f"request body too large (the limit is {limit >> 20} MiB)"
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > limit:
-            await _send_error(send, 413, too_large)
+            await _send_error(scope, send, 413, too_large)
             return
         seen = 0
         started = False
@@ -75,7 +75,7 @@ class BodyLimit:
         except BodyTooLarge:
             if started:
                 raise
-            await _send_error(send, 413, too_large)
+            await _send_error(scope, send, 413, too_large)
 
 
 class HostCheck:
@@ -90,9 +90,44 @@ class HostCheck:
         if scope["type"] == "http" and _loopback(scope.get("server")):
             host = dict(scope["headers"]).get(b"host", b"").decode("latin-1")
             if not allowed_host(host):
-                await _send_error(send, 403, f"host '{host}' is not allowed")
+                await _send_error(scope, send, 403, f"host '{host}' is not allowed")
                 return
         await self.app(scope, receive, send)
+
+
+class OriginCheck:
+    """403 for a request from a browser page whose origin is not allowed, before anything
+    runs, whatever its method and path (as Ollama's CORS middleware does).
+
+    CORS alone only hides the answer from the page: a "simple" request (a POST with
+    ``Content-Type: text/plain`` needs no preflight) would still create, pull or generate.
+    Requests without an ``Origin`` header (curl, the Python clients) are not browsers' and
+    pass; so does a same-origin request (``Origin`` is ``scheme://Host``) to a local host
+    name, i.e. a page served by a proxy in front of this server.
+    """
+
+    def __init__(self, app: ASGIApp, allowed: str) -> None:
+        self.app = app
+        self.allowed = re.compile(allowed)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            headers = dict(scope["headers"])
+            origin = headers.get(b"origin")
+            if origin is not None:
+                text = origin.decode("latin-1")
+                host = headers.get(b"host", b"").decode("latin-1")
+                if not (self.allowed.fullmatch(text) or _same_origin(text, host)):
+                    await _send_error(scope, send, 403,
+                                      f"origin '{text}' is not allowed; add it to "
+                                      f"{ORIGINS_ENV} to let its pages call this server")
+                    return
+        await self.app(scope, receive, send)
+
+
+def _same_origin(origin: str, host: str) -> bool:
+    return bool(host) and origin in (f"http://{host}", f"https://{host}") \
+        and allowed_host(host)
 
 
 def _loopback(server: tuple[str, int] | None) -> bool:

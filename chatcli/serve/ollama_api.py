@@ -9,9 +9,11 @@ model names only, never file paths.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hashlib
 import os
+import re
 import threading
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -105,7 +107,7 @@ def _name_field(body: Mapping[str, Any]) -> str:
 
 def _generation(body: Mapping[str, Any]) -> dict[str, Any]:
     """options, format, think and keep_alive, checked (400 on a bad value)."""
-    options = opts_mod.validate(field(body, "options", dict))
+    options = opts_mod.accept(field(body, "options", dict)).options
     fmt = body.get("format")
     if fmt == "":
         fmt = None
@@ -145,7 +147,15 @@ def _messages(body: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 
 def _metrics(done: Done) -> dict[str, Any]:
+    """The final object's fields: ``prompt_eval_count`` is the whole prompt (the seed's
+    meaning), ``prompt_cached_count`` (chatcli's) how many of its tokens the KV cache held."""
     return {"done": True, "done_reason": done.done_reason, **asdict(done.metrics)}
+
+
+def _tool_call(event: ToolCall, index: int) -> dict[str, Any]:
+    """Ollama's tool call: its id, and its position among the answer's calls."""
+    return {"id": event.id,
+            "function": {"index": index, "name": event.name, "arguments": event.arguments}}
 
 
 class _ChatShape:
@@ -166,7 +176,7 @@ class _ChatShape:
             message["thinking"] = event.text
             self.thinking.append(event.text)
         elif isinstance(event, ToolCall):
-            call = {"function": {"name": event.name, "arguments": event.arguments}}
+            call = _tool_call(event, len(self.calls))
             message["tool_calls"] = [call]
             self.calls.append(call)
         else:
@@ -188,7 +198,7 @@ class _ChatShape:
 
 class _GenerateShape(_ChatShape):
     """Events as /api/generate's objects: ``response`` (and ``thinking``) instead of a
-    message. No ``context`` comes back: chatcli's answers are context-free."""
+    message; the final object carries ``context``, the tokens a next request continues from."""
 
     def chunk(self, event: Event) -> dict[str, Any] | None:
         out: dict[str, Any] = {"model": self.model, "created_at": facts.now(), "response": ""}
@@ -207,6 +217,8 @@ class _GenerateShape(_ChatShape):
                                "response": "".join(self.content) if whole else ""}
         if whole and self.thinking:
             out["thinking"] = "".join(self.thinking)
+        if done.context is not None:
+            out["context"] = done.context
         return {**out, **_metrics(done)}
 
 
@@ -271,7 +283,11 @@ async def _until_disconnect(request: Request, work: Awaitable[T]) -> T:
     finally:
         watch.cancel()
         if not task.done():
+            # cancel() only asks: wait until the work has stopped (and so closed its events,
+            # which frees the model); reading its result before then raises InvalidStateError.
             task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
     if task.cancelled():
         raise HTTPError(499, "the client closed the connection")
     return task.result()
@@ -290,8 +306,8 @@ async def _load_or_unload(name: str, gen: Mapping[str, Any], shape: _ChatShape) 
     except ModelNotFoundError:
         raise not_found(name) from None
     out = shape.final(Done(done_reason=reason), whole=True)
-    for key in ("total_duration", "load_duration", "prompt_eval_count", "prompt_eval_duration",
-                "eval_count", "eval_duration"):
+    for key in ("total_duration", "load_duration", "prompt_eval_count", "prompt_cached_count",
+                "prompt_eval_duration", "eval_count", "eval_duration"):
         del out[key]
     return JSONResponse(out)
 
@@ -341,63 +357,109 @@ async def generate(request: Request) -> Response:
     images = _images(body["images"], "request") if body.get("images") is not None else []
     gen = _generation(body)
     stream = field(body, "stream", bool, True)
-    if field(body, "template", str, ""):
-        raise NotSupportedError("'template' is not supported: chatcli formats prompts with the "
-                                "model's own chat template (send raw: true to give the whole "
-                                "prompt yourself)")
-    if field(body, "context", list):
-        raise NotSupportedError("'context' is not supported: chatcli returns no token "
-                                "context; send the conversation to /api/chat instead")
+    template = field(body, "template", str, "")
+    # The token array an earlier answer returned: the prompt continues it (ids checked by
+    # the engine against the model's vocabulary).
+    context = field(body, "context", list)
+    extra: dict[str, Any] = {"context": context} if context else {}
     shape = _GenerateShape(name)
     if not prompt and not images:
         return await _load_or_unload(name, gen, shape)
-    if suffix:
-        await lookup(name)  # an unknown model is a 404 before anything else
-        raise NotSupportedError(f'model "{name}" does not support insert')
-    if raw:
-        if images:
-            raise NotSupportedError("images are not supported with raw: true")
-        events = _answer(name, [], gen, raw=prompt)
+    if (raw or template or suffix) and images:
+        raise NotSupportedError("images are not supported with raw, template or suffix")
+    if template and not raw:
+        resolved = await lookup(name)
+        text = _go_template(template, prompt=prompt, suffix=suffix,
+                            system=system if system is not None else resolved.system or "")
+        events = _answer(name, [], gen, raw=text, **extra)
+    elif suffix:  # fill-in-the-middle with the model's FIM tokens (400 if it has none)
+        events = _answer(name, [], gen, raw=prompt, suffix=suffix, **extra)
+    elif raw:
+        events = _answer(name, [], gen, raw=prompt, **extra)
     else:
         messages: list[dict[str, Any]] = [{"role": "system", "content": system}] if system \
             else []
         user: dict[str, Any] = {"role": "user", "content": prompt}
         if images:
             user["images"] = images
-        events = _answer(name, [*messages, user], gen)
+        events = _answer(name, [*messages, user], gen, **extra)
     return await _respond(request, events, shape, stream)
+
+
+_GO_ACTION = re.compile(r"\{\{(-\s)?\s*(.*?)\s*(\s-)?\}\}", re.DOTALL)
+_GO_FIELDS = (".Prompt", ".System", ".Suffix", ".Response")
+
+
+def _go_template(template: str, *, prompt: str, system: str, suffix: str) -> str:
+    """A request's ``template`` (Go template syntax in Ollama) filled in, for the templates
+    chatcli can honour without running Go: text with ``{{ .Prompt }}``, ``{{ .System }}``,
+    ``{{ .Suffix }}`` and ``{{ .Response }}`` (empty) in it, trim markers (``{{-``/``-}}``)
+    and comments. Anything else (``if``, ``range``, ``.Messages``...) is a 400."""
+    values = {".Prompt": prompt, ".System": system, ".Suffix": suffix, ".Response": ""}
+    out: list[str] = []
+    at = 0
+    used: set[str] = set()
+    for match in _GO_ACTION.finditer(template):
+        text = template[at:match.start()]
+        out.append(text.rstrip() if match.group(1) else text)
+        action = match.group(2)
+        if action.startswith("/*") and action.endswith("*/"):
+            value = ""
+        elif action in _GO_FIELDS:
+            value = values[action]
+            used.add(action)
+        else:
+            raise HTTPError(400, f"'template': chatcli fills in only {{{{ .System }}}}, "
+                                 f"{{{{ .Prompt }}}}, {{{{ .Suffix }}}} and {{{{ .Response }}}}, "
+                                 f"not {{{{ {action[:40]} }}}}; leave 'template' out to use "
+                                 "the model's own chat template")
+        out.append(value)
+        at = match.end()
+        if match.group(3):
+            rest = template[at:]
+            at += len(rest) - len(rest.lstrip())
+    out.append(template[at:])
+    if ".Prompt" not in used:
+        raise HTTPError(400, "'template' must use {{ .Prompt }}")
+    if suffix and ".Suffix" not in used:
+        raise HTTPError(400, "'suffix' needs a 'template' that uses {{ .Suffix }}")
+    return "".join(out)
 
 
 # -- embeddings --------------------------------------------------------------------------------
 
 
-async def _embed(name: str, inputs: list[str], body: Mapping[str, Any]):
-    from .. import embed as embed_mod
-
+async def _embed(run: Callable[..., Any], name: str, inputs: list[str],
+                 body: Mapping[str, Any], **extra: Any):
+    """``run`` (``embedding.embed`` or ``embedding.pool``) on ``inputs`` with the body's
+    truncate, options and keep_alive; any model embeds, as in Ollama."""
     truncate = field(body, "truncate", bool, True)
-    options = opts_mod.validate(field(body, "options", dict))
+    options = opts_mod.accept(field(body, "options", dict)).options
     keep_alive = body.get("keep_alive")
     parse_keep_alive(keep_alive)
-    dimensions = field(body, "dimensions", int)
-    extra = {"dimensions": dimensions} if dimensions is not None else {}
     try:
-        return await asyncio.to_thread(embed_mod.embed, reference(name), inputs,
-                                       truncate=truncate, options=options,
-                                       keep_alive=keep_alive, **extra)
+        return await asyncio.to_thread(run, reference(name), inputs, truncate=truncate,
+                                       options=options, keep_alive=keep_alive, **extra)
     except ModelNotFoundError:
         raise not_found(name) from None
 
 
 @endpoint
 async def embed(request: Request) -> Response:
-    """POST /api/embed: one vector per input text."""
+    """POST /api/embed: one unit vector per input text, from any model."""
+    from ..embedding import embed as run
+
     body = await read_json(request)
     name = _name_field(body)
     value = body.get("input", [])
-    inputs = [value] if isinstance(value, str) else value
+    if value is None:
+        value = []
+    inputs = ([value] if value else []) if isinstance(value, str) else value
     if not isinstance(inputs, list) or not all(isinstance(x, str) for x in inputs):
         raise HTTPError(400, "'input' must be a string or a list of strings")
-    result = await _embed(name, inputs, body)
+    # 0 is Ollama's "absent" (Go's zero value); a negative number stays a 400.
+    dimensions = field(body, "dimensions", int) or None
+    result = await _embed(run, name, inputs, body, dimensions=dimensions)
     return JSONResponse({"model": name, "embeddings": result.embeddings,
                          "total_duration": result.total_duration,
                          "load_duration": result.load_duration,
@@ -406,14 +468,16 @@ async def embed(request: Request) -> Response:
 
 @endpoint
 async def embeddings(request: Request) -> Response:
-    """POST /api/embeddings: the older, one-prompt form of /api/embed."""
+    """POST /api/embeddings: the older, one-prompt form of /api/embed. As in Ollama, the
+    vector is the model's pooled one, not normalised."""
+    from ..embedding import pool
+
     body = await read_json(request)
     name = _name_field(body)
     prompt = field(body, "prompt", str, "")
-    if not prompt:
-        return JSONResponse({"embedding": []})
-    result = await _embed(name, [prompt], body)
-    return JSONResponse({"embedding": result.embeddings[0]})
+    # An empty prompt loads the model and embeds nothing, as in Ollama.
+    result = await _embed(pool, name, [prompt] if prompt else [], body)
+    return JSONResponse({"embedding": result.embeddings[0] if result.embeddings else []})
 
 
 # -- models ------------------------------------------------------------------------------------
@@ -439,9 +503,16 @@ async def ps(request: Request) -> Response:
     return JSONResponse({"models": await asyncio.to_thread(facts.running)})
 
 
+# The Ollama release whose API chatcli's server matches: clients gate features on it (think,
+# tool-call ids, embeddings' encoding_format are in 0.12.10; logprobs, which chatcli lacks,
+# came in 0.12.11). chatcli's own version goes beside it.
+OLLAMA_API_VERSION = "0.12.10"
+
+
 @endpoint
 async def version(request: Request) -> Response:
-    return JSONResponse({"version": __version__})
+    """GET /api/version: the Ollama version whose API this server matches, and chatcli's."""
+    return JSONResponse({"version": OLLAMA_API_VERSION, "chatcli_version": __version__})
 
 
 class _PullStopped(Exception):
@@ -486,28 +557,24 @@ async def pull(request: Request) -> Response:
             stop.set()
 
     source = events()
-    if not stream:
+    if not stream:  # any failure is an error status (500, as Ollama answers)
         try:
             async for _ in source:
                 pass
         finally:
             await source.aclose()
         return JSONResponse({"status": "success"})
-    # Hold the answer until the manifest is in: an unknown model is then a 404, not a stream.
-    head: list[dict[str, Any]] = []
+    # As Ollama: a failure before the first progress object still gets a status; after it (an
+    # unknown model fails once "pulling manifest" is out) it is the stream's last line.
     try:
-        async for item in source:
-            head.append(item)
-            if item.get("status") != "pulling manifest":
-                break
+        first = await source.__anext__()
     except BaseException:
         await source.aclose()
         raise
 
     async def lines() -> AsyncIterator[bytes]:
         try:
-            for item in head:
-                yield ndjson_line(item)
+            yield ndjson_line(first)
             async for item in source:
                 yield ndjson_line(item)
         except Exception as e:
@@ -519,10 +586,12 @@ async def pull(request: Request) -> Response:
 
 
 def _pull_error(error: BaseException) -> BaseException:
+    """A failed pull (unknown model, unreachable registry, bad data) is a 500 with its
+    message, as Ollama answers (a 404 would also read as "no such endpoint")."""
     from ..pull import PullError
 
     if isinstance(error, PullError):
-        return HTTPError(404 if "not found" in str(error) else 502, str(error))
+        return HTTPError(500, str(error))
     return error
 
 
@@ -629,7 +698,7 @@ def _create(name: str, body: Mapping[str, Any]) -> list[dict[str, Any]]:
                                  "string content")
     modelfile = Modelfile(
         base=base,
-        parameters=opts_mod.validate(field(body, "parameters", dict)),
+        parameters=opts_mod.accept(field(body, "parameters", dict)).options,
         system=field(body, "system", str),
         template=field(body, "template", str),
         messages=[{"role": m["role"], "content": m.get("content", "")} for m in messages],

@@ -28,7 +28,7 @@ from ..api import normalize_messages
 from ..errors import ChatCliError, ModelNotFoundError, RequestError
 from ..events import ContentDelta, Done, Event, ThinkingDelta, ToolCall
 from . import runner
-from .http import message_for, model_field, read_json, reference, status_for
+from .http import message_for, model_field, openai_error, read_json, reference, status_for
 
 FINGERPRINT = "fp_chatcli"
 _EFFORTS = {"none": False, "minimal": "low", "low": "low", "medium": "medium", "high": "high"}
@@ -45,20 +45,19 @@ class BadRequest(RequestError):
 # -- errors --------------------------------------------------------------------------------
 
 
-def error_response(status: int, message: str, *, kind: str = "invalid_request_error",
-                   param: str | None = None, code: str | None = None) -> JSONResponse:
-    """OpenAI's error body."""
-    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
-    return JSONResponse(body, status_code=status)
+def error_response(status: int, message: str, *, param: str | None = None,
+                   code: str | None = None) -> JSONResponse:
+    """OpenAI's error body; its ``type`` follows the status (``not_found_error`` for 404)."""
+    return JSONResponse(openai_error(status, message, param=param, code=code),
+                        status_code=status)
 
 
 def _from_exception(e: BaseException) -> JSONResponse:
     """The same statuses and messages as the Ollama routes, in OpenAI's error object."""
     status = status_for(e)
-    kind = "invalid_request_error" if status < 500 else "api_error"
     code = "model_not_found" if isinstance(e, ModelNotFoundError) else None
     param = getattr(e, "param", None) or ("model" if code else None)
-    return error_response(status, message_for(e), kind=kind, param=param, code=code)
+    return error_response(status, message_for(e), param=param, code=code)
 
 
 def _error_event(e: BaseException) -> str:
@@ -229,7 +228,7 @@ def sampling_options(body: dict[str, Any]) -> dict[str, Any]:
             raise BadRequest("stop must be a string or a list of strings", "stop")
         if stop:
             options["stop"] = stop
-    return opts_mod.validate(options)
+    return opts_mod.accept(options).options
 
 
 def _stream_flags(body: dict[str, Any], req: ChatRequest) -> None:
@@ -293,11 +292,15 @@ def _sse(obj: Any) -> str:
     return f"data: {json.dumps(obj, ensure_ascii=False, separators=(',', ':'))}\n\n"
 
 
-def _usage(done: Done | None) -> dict[str, int]:
+def _usage(done: Done | None) -> dict[str, Any]:
+    """OpenAI's usage: the whole prompt, and in ``prompt_tokens_details.cached_tokens`` how
+    many of its tokens the KV cache already held."""
     prompt = done.metrics.prompt_eval_count if done else 0
+    cached = done.metrics.prompt_cached_count if done else 0
     completion = done.metrics.eval_count if done else 0
     return {"prompt_tokens": prompt, "completion_tokens": completion,
-            "total_tokens": prompt + completion}
+            "total_tokens": prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": cached}}
 
 
 def _finish_reason(done: Done | None, tool_calls: bool) -> str:
@@ -309,7 +312,7 @@ def _finish_reason(done: Done | None, tool_calls: bool) -> str:
 def _tool_call(call: ToolCall, index: int | None = None) -> dict[str, Any]:
     """OpenAI's tool call: an id, and the arguments as a JSON *string*."""
     out: dict[str, Any] = {
-        "id": f"call_{secrets.token_hex(12)}",
+        "id": call.id,  # the one id the call has everywhere (Ollama's form)
         "type": "function",
         "function": {"name": call.name, "arguments": json.dumps(call.arguments)},
     }
@@ -575,8 +578,8 @@ async def get_model(request: Request) -> Response:
 
 
 async def embeddings(request: Request) -> Response:
-    """POST /v1/embeddings"""
-    from ..embed import embed
+    """POST /v1/embeddings: /api/embed's unit vectors, from any model, in OpenAI's shape."""
+    from ..embedding import embed
 
     body = await read_json(request)
     model = _model(body)
