@@ -56,3 +56,23 @@ def cli_env(chatcli_home) -> dict[str, str]:
     env["CHATCLI_HOME"] = str(chatcli_home)
     env["NO_COLOR"] = "1"
     return env
+
+
+@pytest.fixture(scope="module")
+def url():
+    """chat serve's app on a free loopback port, for one test module (tests/live_server.py)."""
+    from live_server import ServerThread
+
+    from chatcli.serve.app import build_app
+
+    with ServerThread(build_app()) as running:
+        yield running.url
+
+
+@pytest.fixture
+def http(url):
+    """An HTTP client for that server (timeouts generous: the machine may be loaded)."""
+    import httpx
+
+    with httpx.Client(base_url=url, timeout=120) as client:
+        yield client

@@ -15,10 +15,7 @@ from pathlib import Path
 import httpx
 import ollama
 import pytest
-from live_server import ServerThread
 from pydantic import BaseModel
-
-from chatcli.serve.app import build_app
 
 MODEL = "smollm2:135m"
 # One llama.cpp thread: the machine may be busy with other tests (see test_server.py).
@@ -34,12 +31,6 @@ def no_telemetry(monkeypatch):
     for name in ("LANGSMITH_TRACING", "LANGCHAIN_TRACING_V2", "LANGCHAIN_TRACING"):
         monkeypatch.setenv(name, "false")
     monkeypatch.delenv("OLLAMA_HOST", raising=False)
-
-
-@pytest.fixture(scope="module")
-def url():
-    with ServerThread(build_app()) as running:
-        yield running.url
 
 
 # --- LangChain, live ------------------------------------------------------------------------

@@ -18,12 +18,10 @@ import time
 import httpx
 import pytest
 from conftest import DET
-from live_server import ServerThread
 
 from chatcli import chat
 from chatcli.errors import ChatCliError, RequestError
 from chatcli.keepalive import MAX_KEEP_ALIVE, parse_keep_alive
-from chatcli.serve.app import build_app
 from chatcli.structured import MAX_REPEAT, MAX_WORK, StructuredOutputError, grammar_for
 from chatcli.textclean import MAX_DEPTH, TooDeepError, clean_text, clean_value, loads
 
@@ -51,18 +49,6 @@ def one_line_error(p: subprocess.CompletedProcess) -> str:
     assert err.startswith("Error:") and err.strip().count("\n") == 0, err
     assert "unexpected" not in err and "Traceback" not in err, err
     return err
-
-
-@pytest.fixture(scope="module")
-def url():
-    with ServerThread(build_app()) as running:
-        yield running.url
-
-
-@pytest.fixture
-def http(url):
-    with httpx.Client(base_url=url, timeout=120) as client:
-        yield client
 
 
 def still_answers(http: httpx.Client) -> None:

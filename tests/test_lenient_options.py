@@ -13,15 +13,12 @@ import logging
 import subprocess
 import sys
 
-import httpx
 import ollama
 import pytest
-from live_server import ServerThread
 
 from chatcli import backend, chat
 from chatcli.engine import load
 from chatcli.errors import InvalidOptionError
-from chatcli.serve.app import build_app
 
 MODEL = "smollm2:135m"
 FAST = {"num_predict": 8, "num_thread": 1}
@@ -38,18 +35,6 @@ LANGCHAIN_CHAT = dict.fromkeys(
 LANGCHAIN_EMBEDDINGS = dict.fromkeys(
     ["mirostat", "mirostat_eta", "mirostat_tau", "num_ctx", "num_gpu", "num_thread",
      "repeat_last_n", "repeat_penalty", "temperature", "stop", "tfs_z", "top_k", "top_p"])
-
-
-@pytest.fixture(scope="module")
-def url():
-    with ServerThread(build_app()) as running:
-        yield running.url
-
-
-@pytest.fixture
-def http(url):
-    with httpx.Client(base_url=url, timeout=120) as client:
-        yield client
 
 
 @pytest.fixture

@@ -13,32 +13,17 @@ import threading
 import time
 
 import gguf
-import httpx
 import pytest
 from conftest import DET
-from live_server import ServerThread
 from tiny_gguf import set_kv, write_tiny_llama
 
 from chatcli import chat
-from chatcli.serve.app import build_app
 
 MODEL = "smollm2:135m"
 # One llama.cpp thread: on a busy machine several threads per answer spin at their barriers.
 ONE = {**DET, "num_thread": 1, "num_predict": 8}
 HI = [{"role": "user", "content": "Name a fruit."}]
 CALL_ID = re.compile(r"call_[a-z0-9]{8}")
-
-
-@pytest.fixture(scope="module")
-def url():
-    with ServerThread(build_app()) as running:
-        yield running.url
-
-
-@pytest.fixture
-def http(url):
-    with httpx.Client(base_url=url, timeout=120) as client:
-        yield client
 
 
 def _loaded(http) -> list[str]:

@@ -23,7 +23,6 @@ import httpx
 import ollama
 import pytest
 from conftest import DET
-from live_server import ServerThread
 from registry_server import RegistryServer
 
 from chatcli import __version__
@@ -46,18 +45,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def url():
-    with ServerThread(build_app()) as running:
-        yield running.url
-
-
-@pytest.fixture
-def http(url):
-    with httpx.Client(base_url=url, timeout=60) as client:
-        yield client
 
 
 @pytest.fixture

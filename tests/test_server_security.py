@@ -10,7 +10,7 @@ import time
 import httpx
 import pytest
 from conftest import DET
-from live_server import ErrorLog, ServerThread, hang_up_during
+from live_server import ErrorLog, hang_up_during
 from registry_server import RegistryServer
 
 from chatcli.serve.app import build_app
@@ -21,18 +21,6 @@ EVIL = {"Origin": "http://evil.example", "Content-Type": "text/plain"}
 # A page on an allowed origin, sending the same "simple" request: it runs.
 LOCAL = {"Origin": "http://localhost:3000", "Content-Type": "text/plain"}
 ONE = {**DET, "num_thread": 1}
-
-
-@pytest.fixture(scope="module")
-def url():
-    with ServerThread(build_app()) as running:
-        yield running.url
-
-
-@pytest.fixture
-def http(url):
-    with httpx.Client(base_url=url, timeout=60) as client:
-        yield client
 
 
 @pytest.fixture
