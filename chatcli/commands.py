@@ -13,12 +13,17 @@ from typing import Any
 from . import options as opts_mod
 from . import textclean
 from .errors import ChatCliError
-from .fileio import TooLargeError, read_bytes_limited
+from .fileio import NoSuchDirectoryError, TooLargeError, read_bytes_limited
 from .registry import CommandError, Registry
 
 REGISTRY = Registry()
 MAX_SCHEMA_FILE = 4 << 20  # real schemas are kilobytes
 command = REGISTRY.command
+
+
+def counted(n: int, noun: str) -> str:
+    """'1 message', '2 messages': a count with its noun in the right number."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 # -- completers ----------------------------------------------------------------------------
@@ -213,15 +218,22 @@ def cmd_show(state: Any, args: str) -> None:
         lines = ["  Model"] + [f"    {k:<20}{v}" for k, v in rows]
         lines += ["", "  Capabilities"] + [f"    {c}" for c in info["capabilities"]]
         lines += ["", f"  File\n    {info['path']}"]
-        state.out.info("\n".join(lines))
+        show_verbatim(state, "\n".join(lines))
     elif what == "template":
         fallback = info["template_is_fallback"]
         note = "  (no template in the model: ChatML is used)\n" if fallback else ""
-        state.out.info(note + info["template"])
+        show_verbatim(state, note + info["template"])
     elif what == "license":
         state.out.info(info.get("license") or "No license information in this model.")
     elif what == "modelfile":
-        state.out.info(_modelfile(state, info))
+        show_verbatim(state, _modelfile(state, info))
+
+
+def show_verbatim(state: Any, text: str) -> None:
+    """Print ``text`` exactly, never word-wrapped: a Modelfile, a template or a path is copied
+    from the screen and must still work (``FROM`` and its path on one line)."""
+    state.out.end()  # begin at the start of a line, styles reset
+    state.write_terminal(text if text.endswith("\n") else text + "\n")
 
 
 def _model_info(state: Any) -> dict[str, Any]:
@@ -275,10 +287,12 @@ def cmd_save(state: Any, args: str) -> None:
     path = Path(args).expanduser()
     try:
         state.session.save(path)
+    except NoSuchDirectoryError as e:
+        raise CommandError(f"cannot save to {path}: {e}") from None
     except OSError as e:
         raise CommandError(f"cannot save to {path}: {e.strerror or e}") from None
     n = sum(1 for m in state.session.messages if m["role"] != "system")
-    state.out.info(f"Saved {n} messages to {path}")
+    state.out.info(f"Saved {counted(n, 'message')} to {path}")
 
 
 @command("/load", "/load FILE", "replace the conversation with a saved one",
@@ -288,7 +302,7 @@ def cmd_load(state: Any, args: str) -> None:
         raise CommandError("usage: /load FILE")
     conv = state.session.load(Path(args).expanduser())
     n = sum(1 for m in conv.messages if m["role"] != "system")
-    state.out.info(f"Loaded {n} messages from {args} (model {state.session.model})")
+    state.out.info(f"Loaded {counted(n, 'message')} from {args} (model {state.session.model})")
 
 
 @command("/clear", "/clear", "forget the conversation (the system prompt stays)")
@@ -304,6 +318,15 @@ def cmd_retry(state: Any, args: str) -> None:
 
 @command("/undo", "/undo", "drop the last question and its answer")
 def cmd_undo(state: Any, args: str) -> None:
+    # After Ctrl+C took the last question back, the last exchange in the conversation is an
+    # older one the user did not just make: say so rather than drop it.
+    taken_back = getattr(state, "taken_back", None)
+    messages = state.session.messages
+    if taken_back is not None and taken_back[0] is (messages[-1] if messages else None):
+        state.taken_back = None
+        state.out.info("Nothing to undo: your last question was taken back unanswered (press Up "
+                       "to get it again). /undo again drops the exchange before it.")
+        return
     if state.session.undo():
         state.out.info("Removed the last exchange.")
     else:
@@ -323,16 +346,20 @@ def cmd_read(state: Any, args: str) -> None:
         raise CommandError(f"{path} looks like a binary file; /read takes text")
     text = data.decode("utf-8", errors="replace")
     state.pending_files.append((str(path), text))
-    state.out.info(f"Added {path} ({len(text)} characters) to your next message.")
+    state.out.info(f"Added {path} ({counted(len(text), 'character')}) to your next message.")
 
 
-@command("/copy", "/copy", "copy the last answer to the clipboard (OSC 52)")
+@command("/copy", "/copy", "send the last answer to the terminal's clipboard (OSC 52)")
 def cmd_copy(state: Any, args: str) -> None:
     answer = state.session.last_answer
     if not answer:
         raise CommandError("no answer to copy yet")
     state.write_terminal(osc52(answer))
-    state.out.info(f"Copied {len(answer)} characters to the clipboard.")
+    # The terminal never answers OSC 52, so whether it copied cannot be known: say what we did.
+    state.out.info(
+        f"Sent {counted(len(answer), 'character')} to the terminal's clipboard (OSC 52; "
+        "in tmux: set -g set-clipboard on)"
+    )
 
 
 def osc52(text: str) -> str:

@@ -17,7 +17,7 @@ from typing import Any
 from . import options as opts_mod
 from . import textclean
 from .errors import ChatCliError
-from .fileio import atomic_write_text, read_bytes_limited
+from .fileio import read_bytes_limited, write_user_file
 
 ROLES = ("system", "user", "assistant", "tool")
 FORMAT_VERSION = 1
@@ -58,7 +58,8 @@ def clean_message(message: dict[str, Any]) -> dict[str, Any]:
 
 
 def save(path: Path, conversation: Conversation) -> None:
-    atomic_write_text(Path(path).expanduser(), conversation.to_json())
+    """Write the conversation atomically; the directory must exist (``NoSuchDirectoryError``)."""
+    write_user_file(Path(path).expanduser(), conversation.to_json())
 
 
 def load(path: Path) -> Conversation:
@@ -82,23 +83,74 @@ def load(path: Path) -> Conversation:
     return from_data(data, source=str(path))
 
 
+def _check_version(version: Any, source: str) -> None:
+    # Files from before the field existed have none; a newer format may mean things we would
+    # silently get wrong.
+    if version is None:
+        return
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise ConversationFileError(f"{source}: 'version' must be a positive integer")
+    if version > FORMAT_VERSION:
+        raise ConversationFileError(
+            f"{source}: written in format version {version}; this chatcli reads up to "
+            f"version {FORMAT_VERSION}"
+        )
+
+
+def _checked_message(i: int, m: Any, source: str) -> dict[str, Any]:
+    """Message ``i`` in the seed's shape, or ConversationFileError naming it and the field.
+    Consecutive user messages are accepted, as Ollama's API accepts them."""
+    where = f"{source}: message {i}"
+    if not isinstance(m, dict):
+        raise ConversationFileError(f"{where} is not an object")
+    role = m.get("role")
+    if role not in ROLES:
+        raise ConversationFileError(f"{where} has an invalid role {role!r}")
+    if "content" not in m:
+        raise ConversationFileError(f"{where} ({role}) has no 'content'")
+    if not isinstance(m["content"], str):
+        raise ConversationFileError(f"{where}: 'content' must be a string")
+    for key in ("thinking", "tool_name"):
+        if m.get(key) is not None and not isinstance(m[key], str):
+            raise ConversationFileError(f"{where}: '{key}' must be a string")
+    images = m.get("images")
+    if images is not None and not (
+        isinstance(images, list) and all(isinstance(x, str) for x in images)
+    ):
+        raise ConversationFileError(f"{where}: 'images' must be a list of strings")
+    calls = m.get("tool_calls")
+    if calls is not None:
+        if role != "assistant":
+            raise ConversationFileError(f"{where}: only assistant messages have 'tool_calls'")
+        _check_tool_calls(calls, where)
+    return clean_message(m)
+
+
+def _check_tool_calls(calls: Any, where: str) -> None:
+    if not isinstance(calls, list):
+        raise ConversationFileError(f"{where}: 'tool_calls' must be a list")
+    for j, call in enumerate(calls):
+        function = call.get("function") if isinstance(call, dict) else None
+        if not (
+            isinstance(function, dict)
+            and isinstance(function.get("name"), str)
+            and function["name"]
+            and isinstance(function.get("arguments"), dict)
+        ):
+            raise ConversationFileError(
+                f"{where}: tool_calls[{j}] needs function.name (a string) and "
+                "function.arguments (an object)"
+            )
+
+
 def from_data(data: Any, *, source: str = "conversation") -> Conversation:
     if not isinstance(data, dict):
         raise ConversationFileError(f"{source}: expected a JSON object with a 'messages' array")
+    _check_version(data.get("version"), source)
     messages = data.get("messages")
     if not isinstance(messages, list):
         raise ConversationFileError(f"{source}: 'messages' must be an array")
-    clean = []
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict):
-            raise ConversationFileError(f"{source}: message {i} is not an object")
-        if m.get("role") not in ROLES:
-            raise ConversationFileError(
-                f"{source}: message {i} has an invalid role {m.get('role')!r}"
-            )
-        if not isinstance(m.get("content", ""), str):
-            raise ConversationFileError(f"{source}: message {i} content must be a string")
-        clean.append(clean_message(m))
+    clean = [_checked_message(i, m, source) for i, m in enumerate(messages)]
     model = data.get("model")
     if model is not None and not isinstance(model, str):
         raise ConversationFileError(f"{source}: 'model' must be a string")

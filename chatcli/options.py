@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -172,7 +173,15 @@ def _coerce(spec: OptionSpec | Unsupported, value: Any) -> Any:
         return value
     if not isinstance(value, (int, float)):
         raise InvalidOptionError(f"option '{spec.name}' must be a number, not {value!r}")
-    return float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an int past float's range, e.g. 10**400 in JSON
+        number = math.inf
+    if not math.isfinite(number):
+        # inf passes every ">= x" check and turns sampling into noise; nan fails every check
+        # with a confusing message. Neither is a setting.
+        raise InvalidOptionError(f"option '{spec.name}' must be a finite number, not {number!r}")
+    return number
 
 
 def validate(options: Mapping[str, Any] | None) -> dict[str, Any]:

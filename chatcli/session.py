@@ -155,12 +155,17 @@ class Session:
         return conv
 
     def apply(self, conv: conversation.Conversation) -> None:
+        """Take over a loaded conversation: its messages (and so its system prompt, or none)
+        and its model replace the session's; its options, format and think apply where the
+        file sets them, over the session's own (``/set parameter`` survives a ``/load``)."""
         if conv.model:
             self.model = conv.model
         self.messages = list(conv.messages)
-        self.options = dict(conv.options)
-        self.format = conv.format
-        self.think = conv.think
+        self.options = opts_mod.merge(self.options, conv.options)
+        if conv.format is not None:
+            self.format = conv.format
+        if conv.think is not None:
+            self.think = conv.think
 
     def switch_model(self, name: str) -> str:
         """Use another model from the next answer on; the conversation is kept."""
