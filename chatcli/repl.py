@@ -20,6 +20,7 @@ from .cancel import CancelFlag
 from .commands import REGISTRY, strip_triple_quotes
 from .errors import ChatCliError
 from .paths import history_file
+from .typeahead import held_keys
 
 PLACEHOLDER = "Send a message (/? for help)"
 
@@ -81,6 +82,9 @@ class ReplState:
         self.stdout = stdout or sys.stdout
         self.pending_files: list[tuple[str, str]] = []
         self.history: Any = None
+        # After Ctrl+C took a question back: the conversation's tail at that moment, so that
+        # /undo can tell that nothing was just added (and not drop an older exchange).
+        self.taken_back: tuple[Any] | None = None
         self._out = None
 
     @property
@@ -108,15 +112,31 @@ class ReplState:
             self.out.note(f"Added image '{path}'")
         message = compose_message(text, self.pending_files)
         self.pending_files = []
-        cancel = CancelFlag()
-        stream_answer(self.session.ask(message, cancel, images=images), self.out, cancel,
-                      verbose=self.settings.verbose, fence=self.fence())
+        self._answer(lambda cancel: self.session.ask(message, cancel, images=images))
 
     def retry(self) -> None:
         """Answer the last question again."""
+        self._answer(self.session.retry)
+
+    def _answer(self, start) -> None:
+        """Stream one answer; if it was stopped, say what the conversation now holds."""
+        messages = self.session.messages
+        tail = messages[-1] if messages else None
         cancel = CancelFlag()
-        stream_answer(self.session.retry(cancel), self.out, cancel,
-                      verbose=self.settings.verbose, fence=self.fence())
+        events = start(cancel)
+        try:
+            outcome = stream_answer(events, self.out, cancel,
+                                    verbose=self.settings.verbose, fence=self.fence())
+        finally:  # also after an error: the session has taken the question back then too
+            messages = self.session.messages
+            kept = bool(messages) and messages[-1]["role"] == "assistant" \
+                and messages[-1] is not tail
+            self.taken_back = None if kept else (messages[-1] if messages else None,)
+        if outcome.cancelled and kept:
+            self.out.note("The partial answer is kept in the conversation (/undo drops it).")
+        elif outcome.cancelled:
+            self.out.note("Nothing was answered, so the question was taken back out of the "
+                          "conversation (press Up to edit and resend it).")
 
     def fence(self) -> str | None:
         """JSON answers (format set) are shown as a highlighted JSON block when the output
@@ -245,6 +265,13 @@ def run_repl(state: ReplState) -> None:
         placeholder=placeholder,
         enable_history_search=False,
     )
+    # Outside the prompt (answers, commands, model loading) typed keys wait for the next
+    # prompt unechoed; the prompt's own raw mode nests inside and restores this one.
+    with held_keys():
+        _loop(state, prompt)
+
+
+def _loop(state: ReplState, prompt: Any) -> None:
     while True:
         try:
             text = prompt.prompt(">>> ")

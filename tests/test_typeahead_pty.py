@@ -1,0 +1,234 @@
+"""Typeahead and honest interruptions, driven in a real pseudo-terminal (pexpect + pyte).
+
+The REPL runs with a slow scripted client (words arrive one by one, and the client marks in a
+file when an answer has begun), so the tests can type during an answer, or press Ctrl+C before
+its first word, and read the terminal the way a user would. The last tests use the real model.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pexpect
+import pyte
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+COLUMNS, ROWS = 100, 30
+PROMPT_READY = "Send a message"
+
+SCRIPT = '''
+import sys, time
+sys.path.insert(0, sys.argv[1])
+from scripted import ScriptedClient
+from chatcli.events import ContentDelta, Done, Metrics
+from chatcli.repl import ReplState, Settings, run_repl
+from chatcli.session import Session
+
+MARK = sys.argv[2]
+
+class SlowClient(ScriptedClient):
+    """Each answer: the words of the next reply, one every `pace` seconds, after `wait`."""
+
+    def chat(self, model, messages, options=None, *, format=None, think=None, cancel=None):
+        self.calls.append(messages)
+        wait, pace, reply = self.replies.pop(0)
+        with open(MARK, "a") as f:
+            f.write("started\\n")
+        if cancel.wait(wait):
+            yield Done("cancelled", Metrics())
+            return
+        for i, word in enumerate(reply.split()):
+            if cancel.wait(pace):
+                yield Done("cancelled", Metrics(eval_count=i))
+                return
+            yield ContentDelta(word if i == 0 else " " + word)
+        yield Done("stop", Metrics(eval_count=len(reply.split())))
+
+words = " ".join(f"WORD_{i:02d}" for i in range(12))
+replies = [(0, 0.25, words), (0, 0.05, "SECOND answer here"), (0, 0, "THIRD")]
+if sys.argv[3] == "late":  # the second answer's first word would come after a long wait
+    replies = [(0, 0, "FIRST answer"), (60, 0, "NEVER"), (0, 0.3, words), (0, 0, "LAST")]
+run_repl(ReplState(Session(SlowClient(replies), "scripted"), Settings()))
+'''
+
+
+def child_env(cli_env) -> dict[str, str]:
+    env = {k: v for k, v in cli_env.items() if k not in ("COLUMNS", "LINES")}
+    env.update(TERM="xterm-256color", PYTHONPATH=str(ROOT))
+    return env
+
+
+class Terminal:
+    """A pexpect child whose output is also fed to a pyte screen with scrollback."""
+
+    def __init__(self, child: pexpect.spawn) -> None:
+        self.child = child
+        self.screen = pyte.HistoryScreen(COLUMNS, ROWS, history=10_000)
+        self.stream = pyte.ByteStream(self.screen)
+
+    def expect(self, pattern, timeout: float = 60) -> None:
+        self.child.expect(pattern.encode() if isinstance(pattern, str) else pattern,
+                          timeout=timeout)
+        after = self.child.after if isinstance(self.child.after, bytes) else b""
+        self.stream.feed(self.child.before + after)
+
+    def lines(self) -> list[str]:
+        rows = [[line[x] for x in range(COLUMNS)] for line in self.screen.history.top]
+        rows += [[self.screen.buffer[y][x] for x in range(COLUMNS)] for y in range(ROWS)]
+        return ["".join(c.data for c in row).rstrip() for row in rows]
+
+
+def wait_for(path: Path, count: int, timeout: float = 60) -> None:
+    """Until the scripted client has begun ``count`` answers."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if path.exists() and path.read_text().count("started") >= count:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"the client did not begin answer {count}")
+
+
+def spawn_scripted(tmp_path, cli_env, mode: str) -> tuple[Terminal, Path]:
+    script = tmp_path / "slow_repl.py"
+    script.write_text(SCRIPT)
+    mark = tmp_path / "started"
+    child = pexpect.spawn(sys.executable, [str(script), str(ROOT / "tests"), str(mark), mode],
+                          env=child_env(cli_env), dimensions=(ROWS, COLUMNS), timeout=60)
+    term = Terminal(child)
+    term.expect(PROMPT_READY)
+    return term, mark
+
+
+def users(path: Path) -> list[str]:
+    return [m["content"] for m in json.loads(path.read_text())["messages"] if m["role"] == "user"]
+
+
+def test_typed_ahead_question_and_command_go_through_unechoed(tmp_path, cli_env):
+    term, mark = spawn_scripted(tmp_path, cli_env, "typeahead")
+    saved = tmp_path / "f.json"
+    term.child.send("first question\r")
+    term.expect("WORD_02")
+    # Typed while the answer streams: a question, then a command, each ended by Enter (CR).
+    term.child.send("typed ahead\r")
+    term.child.send(f"/save {saved}\r")
+    term.expect("Saved")
+    term.expect(PROMPT_READY)
+    term.child.send("/bye\r")
+    term.expect(pexpect.EOF)
+    assert users(saved) == ["first question", "typed ahead"]  # no trailing newline
+    lines = term.lines()
+    text = "\n".join(lines)
+    # Not echoed into the answer area: each typed line shows once, at its own prompt.
+    assert sum("typed ahead" in line for line in lines) == 1, text
+    assert any(line.startswith(">>> typed ahead") for line in lines), text
+    assert sum(f"/save {saved}" in line for line in lines) == 1, text
+    assert all(sum(f"WORD_{i:02d}" in line for line in lines) == 1 for i in range(12)), text
+    assert "..." not in text  # never a continuation prompt
+    assert lines.index(next(x for x in lines if "SECOND answer" in x)) < lines.index(
+        next(x for x in lines if x.startswith(">>> /save")))
+
+
+def test_ctrl_c_before_the_first_word_says_the_question_was_taken_back(tmp_path, cli_env):
+    term, mark = spawn_scripted(tmp_path, cli_env, "late")
+    saved = tmp_path / "undo.json"
+    term.child.send("kept question\r")
+    term.expect("FIRST answer")
+    term.expect(PROMPT_READY)
+    term.child.send("doomed question\r")
+    wait_for(mark, 2)
+    term.child.sendintr()
+    term.expect("taken back")
+    term.expect(PROMPT_READY)
+    assert "partial answer is kept" not in "\n".join(term.lines())
+    term.child.send("\x1b[A")  # Up brings the taken-back question back
+    term.expect("doomed question")
+    term.child.send("\x15")  # Ctrl+U: clear it again
+    term.expect(PROMPT_READY)
+    term.child.send("/undo\r")
+    term.expect("Nothing to undo")
+    term.expect(PROMPT_READY)
+    term.child.send(f"/save {saved}\r")
+    term.expect("Saved")
+    term.expect(PROMPT_READY)
+    assert users(saved) == ["kept question"]  # the earlier, complete exchange is still there
+    # A partial answer is kept, and the message says so; /undo then drops that exchange.
+    term.child.send("partial question\r")
+    term.expect("WORD_01")
+    term.child.sendintr()
+    term.expect("partial answer is kept")
+    term.expect(PROMPT_READY)
+    term.child.send("/undo\r")
+    term.expect("Removed the last exchange")
+    term.expect(PROMPT_READY)
+    term.child.send(f"/save {saved}\r")
+    term.expect("Saved")
+    term.expect(PROMPT_READY)
+    assert users(saved) == ["kept question"]
+    term.child.send("/bye\r")
+    term.expect(pexpect.EOF)
+
+
+def spawn_chat(cli_env, *args: str) -> pexpect.spawn:
+    return pexpect.spawn(
+        sys.executable, ["-m", "chatcli", "run", "smollm2:135m", "--temperature", "0",
+                         "--seed", "42", *args],
+        env=child_env(cli_env), dimensions=(ROWS, COLUMNS), timeout=120,
+    )
+
+
+def test_one_shot_ctrl_c_says_stopped_only(cli_env):
+    child = spawn_chat(cli_env, "--num-predict", "2000",
+                       "Write a very long story about a dragon, at least twenty paragraphs.")
+    child.expect(rb"\w+ \w+ \w+ \w+")  # the answer has begun
+    child.sendintr()
+    child.expect(pexpect.EOF)
+    child.close()
+    out = child.before.decode(errors="replace")
+    assert child.exitstatus == 130
+    assert "Stopped." in out
+    assert "/undo" not in out and "conversation" not in out
+
+
+@pytest.fixture
+def busy_cores():
+    """Two processes that keep both cores busy, as on a loaded machine."""
+    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+    yield
+    for p in procs:
+        p.kill()
+        p.wait()
+
+
+LONG_PROMPT = " ".join(
+    f"Item {i}: the quick brown fox number {i} jumps over the lazy dog." for i in range(190)
+) + " Summarise the list."  # about 3,000 tokens
+
+
+@pytest.mark.xfail(reason="issue 12: in the REPL, Ctrl+C during a long prompt is not yet "
+                   "honoured (the engine alone stops in ms); under investigation", strict=False)
+@pytest.mark.parametrize("after", [0.3, 1.5])
+def test_ctrl_c_while_reading_a_long_prompt_under_load(cli_env, busy_cores, after):
+    child = spawn_chat(cli_env, "--num-ctx", "4096", "--num-predict", "400")
+    child.expect(PROMPT_READY.encode())
+    child.send("Say hi.\r")  # loads the model: what is measured is reading the prompt
+    child.expect(PROMPT_READY.encode())
+    child.send("\x1b[200~" + LONG_PROMPT + "\x1b[201~")
+    time.sleep(0.5)  # the prompt draws the paste
+    child.send("\r")
+    child.expect(rb"\x1b\[\?2004l", timeout=120)  # the prompt has taken the message
+    time.sleep(after)
+    t0 = time.monotonic()
+    child.sendintr()
+    child.expect(b"Stopped", timeout=30)
+    child.expect(PROMPT_READY.encode(), timeout=30)
+    took = time.monotonic() - t0
+    child.send("/bye\r")
+    child.expect(pexpect.EOF)
+    print(f"Ctrl+C {after} s into a 3,000-token prompt: prompt back in {took:.2f} s")
+    sys.stderr.write(f"Ctrl+C {after} s into a 3,000-token prompt: prompt back in {took:.2f} s\n")
+    assert took < 3.0, took  # the goal is 1 s; generous for a loaded CI machine
