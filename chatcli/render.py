@@ -149,7 +149,9 @@ class BlockSplitter:
 
     Only complete lines are examined, each once, so ``feed`` costs O(new text) and the result does
     not depend on how the stream was chunked. The tail is kept under about ``max_lines`` lines
-    (three times that for lists and tables, which read badly when cut mid-item).
+    (three times that for lists, which read badly when cut mid-item). A table is never cut: two
+    parts would each get a header and their own column widths, so it stays in the tail until it
+    ends and ``preview`` shows its header and newest rows meanwhile.
     """
 
     def __init__(self, max_lines: int = 12) -> None:
@@ -169,6 +171,15 @@ class BlockSplitter:
         partial = "".join(self._partial)
         self._partial = [partial] if partial else []
         return "\n".join([*self._lines, partial]) if self._lines else partial
+
+    def preview(self) -> str:
+        """What to show of the tail while it streams, of bounded size: an unfinished table's
+        header and its newest rows, else the whole tail."""
+        if len(self._lines) <= 2 * self.max_lines or not self._in_table():
+            return self.tail
+        partial = "".join(self._partial)
+        self._partial = [partial] if partial else []
+        return "\n".join([*self._lines[:2], *self._lines[-self.max_lines :], partial])
 
     def feed(self, text: str) -> list[Block]:
         """Add streamed text; return the blocks it completed."""
@@ -213,23 +224,22 @@ class BlockSplitter:
             self._flush(out)
         else:
             if len(self._lines) >= self.max_lines and self._may_cut_before(line):
-                header = self._table_header()
                 self._flush(out)
-                self._lines = header  # a table cut in two still renders as two tables
             self._has_item = self._has_item or bool(_ITEM.match(line))
             self._lines.append(line)
 
     def _may_cut_before(self, line: str) -> bool:
+        if self._in_table():
+            return False
         if _ITEM.match(line):
             return True  # a list cut before an item keeps its numbering and bullets
-        if self._has_item or self._lines[0].lstrip().startswith("|"):
+        if self._has_item:
             return len(self._lines) >= 3 * self.max_lines
         return True
 
-    def _table_header(self) -> list[str]:
+    def _in_table(self) -> bool:
         lines = self._lines
-        is_table = lines[0].lstrip().startswith("|") and len(lines) > 2
-        return lines[:2] if is_table and _TABLE_DELIMITER.fullmatch(lines[1]) else []
+        return len(lines) >= 2 and "|" in lines[0] and bool(_TABLE_DELIMITER.fullmatch(lines[1]))
 
     def _code_line(self, line: str, out: list[Block]) -> None:
         if self._closing.fullmatch(line):
@@ -438,6 +448,75 @@ class PlainRenderer:
 
 # ---------------------------------------------------------------------------- markdown
 
+_WRAP_MARK = "↪ "  # starts each row a long code line continues on
+
+
+def _markdown(source: str) -> Any:
+    """rich's Markdown with two elements of ours: ordered items numbered "1." (rich prints
+    "1"), and code blocks whose long lines wrap under a marker instead of at column 0."""
+    from rich.markdown import CodeBlock, ListItem, Markdown
+    from rich.segment import Segment
+    from rich.syntax import Syntax
+
+    class NumberedItem(ListItem):
+        def render_number(self, console, options, number, last_number):  # type: ignore[override]
+            width = len(str(last_number)) + 3
+            lines = console.render_lines(
+                self.elements, options.update(width=options.max_width - width), style=self.style
+            )
+            style = console.get_style("markdown.item.number", default="none")
+            for i, line in enumerate(lines):
+                yield Segment(f"{number}.".rjust(width - 1) + " " if i == 0 else " " * width, style)
+                yield from line
+                yield Segment("\n")
+
+    class WrappedCode(CodeBlock):
+        def __rich_console__(self, console, options):  # type: ignore[override]
+            code = str(self.text).rstrip()
+            background = Syntax.get_theme(self.theme).get_background_style()
+            inner = max(4, options.max_width - 2)  # one column of padding each side
+            longest = max((len(line.expandtabs(4)) for line in code.split("\n")), default=0)
+            syntax = Syntax(code, self.lexer_name, theme=self.theme, word_wrap=False)
+            rows = console.render_lines(
+                syntax, options.update(width=max(inner, longest + 1)), pad=False
+            )
+            pad, new_line = Segment(" ", background), Segment("\n")
+            blank = [Segment(" " * options.max_width, background), new_line]
+            yield from blank
+            for row in rows:
+                length = len("".join(seg.text for seg in row).rstrip())
+                first = True
+                while first or length > 0:
+                    room = inner if first else inner - len(_WRAP_MARK)
+                    total = sum(seg.cell_length for seg in row)
+                    if total > room:
+                        part, row = (list(p) for p in Segment.divide(row, [room, total]))
+                    else:
+                        part, row = row, []
+                    mark = [] if first else [Segment(_WRAP_MARK, background + _dim_style())]
+                    used = sum(seg.cell_length for seg in part) + (0 if first else len(_WRAP_MARK))
+                    yield pad
+                    yield from mark
+                    yield from part
+                    yield Segment(" " * max(0, inner - used), background)
+                    yield pad
+                    yield new_line
+                    length -= room
+                    first = False
+            yield from blank
+
+    class Doc(Markdown):
+        elements = {**Markdown.elements, "list_item_open": NumberedItem, "fence": WrappedCode,
+                    "code_block": WrappedCode}
+
+    return Doc(source, code_theme=_CODE_THEME, hyperlinks=False)
+
+
+def _dim_style() -> Any:
+    from rich.style import Style
+
+    return Style(dim=True)
+
 
 @dataclass
 class _Rendered:
@@ -445,42 +524,40 @@ class _Rendered:
 
     rich puts a blank line before a list or table that starts a document; blocks drawn one by
     one must not, or a list cut in two would show a gap. ``drop_top``/``drop_bottom`` remove the
-    padding row of a code block at a cut; ``live`` draws the tail in the live region.
+    padding row of a code block at a cut; ``last`` keeps only that many rows (the live tail
+    follows the newest text).
     """
 
     source: str
     drop_top: bool = False
     drop_bottom: bool = False
-    live: bool = False
+    last: int | None = None
 
-    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
-        from rich.markdown import Markdown
-        from rich.segment import Segment
-
+    def lines(self, console: Console, options: ConsoleOptions) -> list[list[Any]]:
+        """The rendered rows, each a list of segments without its newline."""
         if not self.source.strip():
-            return
-        markdown = Markdown(self.source, code_theme=_CODE_THEME, hyperlinks=False)
-        lines = console.render_lines(markdown, options, pad=False)
+            return []
+        lines = console.render_lines(_markdown(self.source), options, pad=False)
         while lines and _blank(lines[0]):
             lines.pop(0)
         while lines and _blank(lines[-1]):
             lines.pop()
         lines = lines[1 if self.drop_top else 0 : len(lines) - 1 if self.drop_bottom else None]
-        if self.live:
-            # Follow the newest text rather than crop it, and park the cursor on an empty last
-            # row: a "^C" the terminal echoes there cannot wrap a full row and scroll the screen
-            # out from under rich's idea of where the live region is.
-            lines = [*lines[-max(1, console.height - 2) :], []]
-        for line in lines:
+        return lines[-self.last :] if self.last else lines
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        from rich.segment import Segment
+
+        for line in self.lines(console, options):
             yield from line
             yield Segment.line()
 
 
 @contextmanager
 def _ctrl_c_deferred() -> Iterator[None]:
-    """Hold Ctrl+C back while the live region is redrawn, then raise it.
+    """Hold Ctrl+C back while the screen is written, then raise it.
 
-    An interrupt in the middle of a redraw would leave the screen and rich's idea of it apart,
+    An interrupt in the middle of a redraw would leave the screen and our idea of it apart,
     and the ``end()`` that follows would duplicate or erase lines.
     """
     handler = signal.getsignal(signal.SIGINT)
@@ -502,8 +579,19 @@ def _blank(line: list[Any]) -> bool:
     return all(not seg.text.strip() and not (seg.style and seg.style.bgcolor) for seg in line)
 
 
+_HIDE_CURSOR, _SHOW_CURSOR = "\x1b[?25l", "\x1b[?25h"
+_CLEAR_BELOW = "\r\x1b[J"  # from the start of the cursor's row to the end of the screen
+
+
 class MarkdownRenderer(PlainRenderer):
-    """Streams the answer as Markdown with highlighted code; everything else as PlainRenderer."""
+    """Streams the answer as Markdown with highlighted code; everything else as PlainRenderer.
+
+    Finished blocks are printed once; the unfinished tail is drawn below them and redrawn in
+    place. Between redraws the cursor rests at the *top left* of that tail, not below it: a
+    terminal that reflows lines on resize keeps the cursor on the same text, so erasing from
+    the cursor down removes the whole tail however the resize rewrapped it (counting rows up
+    from the bottom, as rich's Live does, leaves the top of the old tail behind: lines twice).
+    """
 
     def __init__(self, file: TextIO | None = None, *, hide_thinking: bool = False) -> None:
         from rich.console import Console
@@ -513,7 +601,6 @@ class MarkdownRenderer(PlainRenderer):
             file=self.file, force_terminal=True, no_color=_no_color(), highlight=False,
             soft_wrap=False,
         )
-        self._live: Any = None
         self._splitter = BlockSplitter()
         self._printed = False  # a block of this answer is on screen (gaps go between blocks)
         self._seam = False  # the last block printed is a code block that goes on in the tail
@@ -526,20 +613,13 @@ class MarkdownRenderer(PlainRenderer):
         self._show(self._splitter.feed(text))
 
     def _start_answer(self) -> None:
-        from rich.live import Live
-
         self._splitter = BlockSplitter(max(4, self.console.height // 2))
         self._printed = self._seam = False
         self._last_refresh = 0.0
-        with _ctrl_c_deferred():
-            self._live = Live(
-                console=self.console, auto_refresh=False, transient=True,
-                vertical_overflow="crop", redirect_stdout=False, redirect_stderr=False,
-            )
-            self._live.start()
-            self._mode = "answer"
+        self._mode = "answer"
+        self._write(_HIDE_CURSOR)
 
-    def _show(self, blocks: list[Block]) -> None:
+    def _show(self, blocks: list[Block], final: bool = False) -> None:
         from rich.console import Group
         from rich.text import Text
 
@@ -550,15 +630,38 @@ class MarkdownRenderer(PlainRenderer):
             items.append(_Rendered(block.text, drop_top=self._seam, drop_bottom=block.continued))
             self._printed, self._seam = True, block.continued
         now = time.monotonic()
-        if not items and now - self._last_refresh < _REFRESH_INTERVAL:
+        if not items and not final and now - self._last_refresh < _REFRESH_INTERVAL:
             return
         self._last_refresh = now
-        # Swap in the new tail first: printing above the live region redraws it right away.
-        tail = _Rendered(self._splitter.tail, drop_top=self._seam, live=True)
+        out = [_CLEAR_BELOW]
+        if items:
+            out.append(self._ansi(Group(*items)))
+        if not final:
+            out.append(self._tail())
         with _ctrl_c_deferred():
-            self._live.update(tail, refresh=not items)
-            if items:
-                self.console.print(Group(*items))
+            self._write("".join(out))
+
+    def _tail(self) -> str:
+        """The tail drawn from the cursor down, the cursor then put back at its top left."""
+        # A third of the screen: a terminal that rewraps it on a resize to a narrower window
+        # must still fit it below the cursor, or the tail's top goes into the scrollback.
+        height = max(1, self.console.height // 3)
+        tail = _Rendered(self._splitter.preview(), drop_top=self._seam, last=height)
+        lines = tail.lines(self.console, self.console.options)
+        if not lines:
+            return ""
+        text = self._ansi(_Lines(lines))
+        up = len(lines) - 1
+        return text + "\r" + (f"\x1b[{up}A" if up else "")
+
+    def _ansi(self, renderable: Any) -> str:
+        with self.console.capture() as capture:
+            self.console.print(renderable, end="")
+        return capture.get()
+
+    def _write(self, text: str) -> None:
+        self.file.write(text)
+        self.file.flush()
 
     def _close(self) -> None:
         if self._mode != "answer":
@@ -566,12 +669,23 @@ class MarkdownRenderer(PlainRenderer):
             return
         self._mode = None
         try:
-            self._show(self._splitter.finish())
+            self._show(self._splitter.finish(), final=True)
         finally:
-            live, self._live = self._live, None
+            # The cursor is on a fresh line; erase whatever the terminal echoed there ("^C").
             with _ctrl_c_deferred():
-                live.update(_Rendered(""), refresh=False)
-                live.stop()
-            # Erase whatever the terminal echoed (a "^C") on the fresh line the cursor is on.
-            self.console.file.write("\r\x1b[K")
-            self.console.file.flush()
+                self._write(_CLEAR_BELOW + _SHOW_CURSOR)
+
+
+@dataclass
+class _Lines:
+    """Rendered rows joined by newlines, with none after the last."""
+
+    rows: list[list[Any]]
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        from rich.segment import Segment
+
+        for i, row in enumerate(self.rows):
+            if i:
+                yield Segment.line()
+            yield from row

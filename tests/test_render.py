@@ -15,6 +15,7 @@ from chatcli.render import (
     BlockSplitter,
     MarkdownRenderer,
     PlainRenderer,
+    _Rendered,
     format_stats,
     make_renderer,
 )
@@ -128,20 +129,40 @@ def test_long_paragraph_is_cut_at_line_boundaries():
     assert "\n".join(texts(blocks)).split("\n") == lines
 
 
-def test_table_is_kept_whole_unless_very_long_and_then_repeats_its_header():
+def test_a_table_is_never_cut_and_its_preview_is_bounded():
+    # Two parts would print the header twice, with different column widths.
     header = ["| a | b |", "|---|---|"]
-    short = header + [f"| {i} | x |" for i in range(8)]
-    assert texts(split("\n".join(short) + "\n", max_lines=4)) == ["\n".join(short)]
+    rows = [f"| {i} | x |" for i in range(300)]
+    splitter = BlockSplitter(4)
+    assert splitter.feed("\n".join(header + rows) + "\n") == []
+    preview = splitter.preview().split("\n")
+    assert preview[:2] == header and preview[2:] == rows[-4:] + [""]
+    assert texts(splitter.feed("\nafter\n")) == ["\n".join(header + rows)]
 
-    rows = [f"| {i} | x |" for i in range(30)]
-    blocks = split("\n".join(header + rows) + "\n", max_lines=4)
-    assert len(blocks) > 1
-    seen: list[str] = []
-    for block in blocks:
-        lines = block.text.split("\n")
-        assert lines[:2] == header
-        seen += lines[2:]
-    assert seen == rows
+
+def rendered(source: str, width: int = 40) -> list[str]:
+    from rich.console import Console
+
+    console = Console(file=io.StringIO(), width=width, force_terminal=True, no_color=True)
+    lines = _Rendered(source).lines(console, console.options)
+    return ["".join(seg.text for seg in line).rstrip() for line in lines]
+
+
+def test_ordered_items_are_numbered_with_a_dot():
+    lines = rendered("1. First\n2. Second\n   - inner\n")
+    assert lines[:2] == [" 1. First", " 2. Second"]
+    assert lines[2].startswith("     ") and "inner" in lines[2]
+
+
+def test_long_code_lines_wrap_under_a_marker_and_keep_every_character():
+    code = "x = call(" + ", ".join(f"arg_{i}" for i in range(20)) + ")"
+    lines = rendered(f"```python\n{code}\n  short = 1\n```\n")
+    body = [line for line in lines if line.strip()]
+    assert all(len(line) <= 40 for line in lines)
+    assert body[0].startswith(" x = call(") and body[1].startswith(" ↪ ")
+    assert body[-1] == "   short = 1"  # indentation kept; an unwrapped line gets no marker
+    joined = body[0][1:] + "".join(line[3:] for line in body[1:-1])
+    assert joined == code
 
 
 DOCUMENT = (
