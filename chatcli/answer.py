@@ -125,7 +125,9 @@ def stream_answer(
             out.end()
     outcome = Outcome(done, interrupted)
     if trimmed is not None:
-        out.note(f"Dropped {trimmed.dropped} old messages to fit the context window (num_ctx).")
+        n = trimmed.dropped
+        out.note(f"Dropped {n} old message{'s' if n != 1 else ''} to fit the context window "
+                 "(num_ctx).")
     if outcome.cancelled:
         out.note("Stopped.")  # what it means for a conversation is the REPL's to say
     if verbose and done is not None:

@@ -73,3 +73,17 @@ def hang_up_during(url: str, path: str, body: dict, seconds: float = 1.5) -> Non
                      f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n"
                      "\r\n".encode() + data)
         time.sleep(seconds)
+
+
+def create_model(http, name: str, path, filename: str = "m.gguf") -> str:
+    """Create model ``name`` on the server from the GGUF file at ``path``, as a client does:
+    upload it as a blob, then /api/create from it."""
+    import hashlib
+
+    data = path.read_bytes()
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    assert http.post(f"/api/blobs/{digest}", content=data).status_code in (200, 201)
+    r = http.post("/api/create", json={"model": name, "files": {filename: digest},
+                                       "stream": False})
+    assert r.status_code == 200, r.text
+    return name

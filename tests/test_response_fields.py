@@ -5,7 +5,6 @@ template, /api/tags' capabilities and order, /api/ps' memory and order, keep_ali
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -32,13 +31,9 @@ def _loaded(http) -> list[str]:
 
 def _upload(http, path, name: str) -> str:
     """Create model ``name`` on the server from the GGUF at ``path``."""
-    data = path.read_bytes()
-    digest = "sha256:" + hashlib.sha256(data).hexdigest()
-    assert http.post(f"/api/blobs/{digest}", content=data).status_code in (200, 201)
-    r = http.post("/api/create", json={"model": name, "files": {"m.gguf": digest},
-                                       "stream": False})
-    assert r.status_code == 200, r.text
-    return name
+    from live_server import create_model
+
+    return create_model(http, name, path)
 
 
 @pytest.fixture(scope="module")

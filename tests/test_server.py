@@ -71,13 +71,9 @@ def _loaded(http) -> list[str]:
 
 def _tiny_model(http, tiny_gguf, name: str = "tiny") -> str:
     """Upload the tiny GGUF as a blob and create a model from it."""
-    data = tiny_gguf.read_bytes()
-    digest = "sha256:" + hashlib.sha256(data).hexdigest()
-    assert http.post(f"/api/blobs/{digest}", content=data).status_code in (200, 201)
-    r = http.post("/api/create", json={"model": name, "files": {"tiny.gguf": digest},
-                                       "stream": False})
-    assert r.status_code == 200, r.text
-    return name
+    from live_server import create_model
+
+    return create_model(http, name, tiny_gguf, "tiny.gguf")
 
 
 # -- the seed's examples, through the official ollama client --------------------------------------

@@ -4,7 +4,6 @@ render exactly as before."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import subprocess
 import sys
@@ -225,13 +224,7 @@ def test_server_answers_400_and_keeps_serving(monkeypatch, tmp_path):
 
     monkeypatch.setattr(template, "RENDER_SECONDS", 0.5)
 
-    def create(http, name: str, path: Path) -> None:
-        data = path.read_bytes()
-        digest = "sha256:" + hashlib.sha256(data).hexdigest()
-        assert http.post(f"/api/blobs/{digest}", content=data).status_code in (200, 201)
-        r = http.post("/api/create", json={"model": name, "files": {"m.gguf": digest},
-                                           "stream": False})
-        assert r.status_code == 200, r.text
+    from live_server import create_model as create
 
     good = write_tiny_llama(tmp_path / "good.gguf")
     with ServerThread(build_app()) as server, \
