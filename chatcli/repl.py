@@ -271,6 +271,21 @@ def run_repl(state: ReplState) -> None:
         _loop(state, prompt)
 
 
+def stopped_before_sent(prompt: Any) -> bool:
+    """Whether a Ctrl+C was typed while the prompt was still taking in a long paste and its
+    Enter. The prompt's raw mode turns Ctrl+C into a key, not a signal, so it waits behind the
+    Enter (in prompt-toolkit's typeahead or still unread); it meant "stop", so the message is
+    not sent. Other typed-ahead keys are kept for the next prompt."""
+    from prompt_toolkit.input.typeahead import get_typeahead, store_typeahead
+    from prompt_toolkit.keys import Keys
+
+    source = prompt.app.input
+    keys = get_typeahead(source) + source.read_keys()  # read_keys does not wait
+    stops = [i for i, key in enumerate(keys) if key.key == Keys.ControlC]
+    store_typeahead(source, keys[stops[-1] + 1:] if stops else keys)
+    return bool(stops)
+
+
 def _loop(state: ReplState, prompt: Any) -> None:
     while True:
         try:
@@ -279,6 +294,10 @@ def _loop(state: ReplState, prompt: Any) -> None:
             continue  # Ctrl+C at the prompt clears the line
         except EOFError:
             break
+        if stopped_before_sent(prompt):
+            state.out.note("Stopped before it was sent; the message is in the input history "
+                           "(press Up).")
+            continue
         try:
             one_iteration(state, text)
         except EOFError:

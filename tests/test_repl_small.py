@@ -260,3 +260,24 @@ def test_counts_have_the_right_plural(state, tmp_path):
     one = tmp_path / "one.txt"
     one.write_text("x")
     assert "(1 character)" in " ".join(run(state, f"/read {one}").split())  # it wraps at 40
+
+
+def test_ctrl_c_typed_behind_the_enter_of_a_paste_stops_the_message():
+    # Under load a long paste and its Enter take seconds to be taken in; a Ctrl+C typed
+    # meanwhile is read as a key behind the Enter. It must stop the message, not be lost.
+    from prompt_toolkit import PromptSession
+    from prompt_toolkit.input import create_pipe_input
+    from prompt_toolkit.output import DummyOutput
+
+    from chatcli.repl import stopped_before_sent
+
+    with create_pipe_input() as pipe:
+        session = PromptSession(input=pipe, output=DummyOutput())
+        pipe.send_text("a long paste\r\x03next")
+        assert session.prompt() == "a long paste"
+        assert stopped_before_sent(session) is True
+        pipe.send_text("\r")
+        assert session.prompt() == "next"  # what followed the Ctrl+C is kept
+        pipe.send_text("more\r")
+        assert stopped_before_sent(session) is False
+        assert session.prompt() == "more"
