@@ -99,25 +99,16 @@ def build_facts() -> dict[str, str]:
 
 
 def model_kind(path: Path) -> str:
-    """The model's quantization (``general.file_type``, e.g. Q4_K_M), read from its header
-    once per file version and remembered in the cache file."""
-    from .gguf import read_gguf
+    """The model's quantization (``general.file_type``, e.g. Q4_K_M). The header is the one
+    ``backend.check_gguf`` has just read and remembered before every load: no second read."""
+    from .errors import ChatCliError
+    from .gguf import check_model_file
     from .modelinfo import quantization
 
     try:
-        st = path.stat()
-    except OSError:
+        return quantization(check_model_file(path))
+    except ChatCliError:  # an unreadable header is reported by the real load, not here
         return "unknown"
-    stamp = [st.st_size, st.st_mtime_ns]
-    known = _read_all()["files"].get(str(path))
-    if isinstance(known, dict) and known.get("stamp") == stamp:
-        return str(known.get("kind"))
-    try:
-        kind = quantization(read_gguf(path))
-    except Exception:  # an unreadable header is reported by the real load, not here
-        return "unknown"
-    _update(lambda data: data["files"].__setitem__(str(path), {"stamp": stamp, "kind": kind}))
-    return kind
 
 
 def fingerprint(path: Path) -> dict[str, str]:
@@ -270,7 +261,7 @@ def _read_all() -> dict[str, dict[str, Any]]:
     if not isinstance(data, dict):
         data = {}
     return {part: data[part] if isinstance(data.get(part), dict) else {}
-            for part in ("verdicts", "files")}
+            for part in ("verdicts",)}
 
 
 def _read_cache() -> dict[str, Verdict]:
@@ -286,15 +277,10 @@ def _read_cache() -> dict[str, Verdict]:
 
 
 def _write_cache(key: str, facts: dict[str, str], verdict: Verdict) -> None:
-    _update(lambda data: data["verdicts"].__setitem__(
-        key, {"facts": facts, "verdict": asdict(verdict)}))
-
-
-def _update(change) -> None:
     from .fileio import atomic_write_text
 
     data = _read_all()
-    change(data)
+    data["verdicts"][key] = {"facts": facts, "verdict": asdict(verdict)}
     try:
         atomic_write_text(cache_file(), json.dumps(data, indent=1, sort_keys=True))
     except OSError:

@@ -115,7 +115,7 @@ def test_crash_in_both_configurations_is_one_clear_error(fresh_cache, bundled_pa
     with pytest.raises(ModelLoadError) as e:
         safemode.decide(bundled_path)
     assert "SIGILL" in str(e.value) and "pip install" in str(e.value)
-    assert not _entries(fresh_cache)  # no verdict cached: the next run checks again
+    assert not fresh_cache.exists()  # no verdict cached: the next run checks again
 
 
 def test_forcing_either_configuration_skips_the_probe(fresh_cache, bundled_path, monkeypatch):
