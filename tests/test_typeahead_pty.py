@@ -108,6 +108,14 @@ def users(path: Path) -> list[str]:
     return [m["content"] for m in json.loads(path.read_text())["messages"] if m["role"] == "user"]
 
 
+def saved_users(term, path: Path) -> list[str]:
+    """/save the conversation at the prompt, and the user messages it holds."""
+    term.child.send(f"/save {path}\r")
+    term.expect("Saved")
+    term.expect(PROMPT_READY)
+    return users(path)
+
+
 def test_typed_ahead_question_and_command_go_through_unechoed(tmp_path, cli_env):
     term, mark = spawn_scripted(tmp_path, cli_env, "typeahead")
     saved = tmp_path / "f.json"
@@ -152,10 +160,8 @@ def test_ctrl_c_before_the_first_word_says_the_question_was_taken_back(tmp_path,
     term.child.send("/undo\r")
     term.expect("Nothing to undo")
     term.expect(PROMPT_READY)
-    term.child.send(f"/save {saved}\r")
-    term.expect("Saved")
-    term.expect(PROMPT_READY)
-    assert users(saved) == ["kept question"]  # the earlier, complete exchange is still there
+    # The earlier, complete exchange is still there.
+    assert saved_users(term, saved) == ["kept question"]
     # A partial answer is kept, and the message says so; /undo then drops that exchange.
     term.child.send("partial question\r")
     term.expect("WORD_01")
@@ -165,10 +171,7 @@ def test_ctrl_c_before_the_first_word_says_the_question_was_taken_back(tmp_path,
     term.child.send("/undo\r")
     term.expect("Removed the last exchange")
     term.expect(PROMPT_READY)
-    term.child.send(f"/save {saved}\r")
-    term.expect("Saved")
-    term.expect(PROMPT_READY)
-    assert users(saved) == ["kept question"]
+    assert saved_users(term, saved) == ["kept question"]
     term.child.send("/bye\r")
     term.expect(pexpect.EOF)
 
