@@ -65,7 +65,7 @@ def main() -> int:
                                                       reps),
         "multiturn": lambda: engine_bench.multi_turn(path, 5 if quick else 20),
         "endtoend": lambda: terminal_bench.end_to_end(DEFAULT_MODEL, path,
-                                                      64 if quick else 600, reps),
+                                                      64 if quick else 600, 1 if quick else 9),
         "rendering": lambda: terminal_bench.rendering(reps),
         "startup": lambda: terminal_bench.startup(DEFAULT_MODEL, 2 if quick else 5),
         "memory": lambda: engine_bench.memory(path, 10 if quick else 200),

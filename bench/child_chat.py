@@ -16,23 +16,26 @@ from .common import never_eog
 
 never_eog().__enter__()  # stays on for the life of this process
 marks: dict[str, float] = {}
-_content = render.MarkdownRenderer.content
-_end = render.MarkdownRenderer.end
 
 
-def content(self, text):
-    marks.setdefault("first", time.perf_counter())
-    return _content(self, text)
+def _timed(cls) -> None:
+    """Mark the first answer text handed to the renderer and the end of its drawing."""
+    content, end = cls.content, cls.end
+
+    def timed_content(self, text):
+        marks.setdefault("first", time.perf_counter())
+        return content(self, text)
+
+    def timed_end(self):
+        result = end(self)
+        marks["end"] = time.perf_counter()
+        return result
+
+    cls.content, cls.end = timed_content, timed_end
 
 
-def end(self):
-    result = _end(self)
-    marks["end"] = time.perf_counter()
-    return result
-
-
-render.MarkdownRenderer.content = content
-render.MarkdownRenderer.end = end
+_timed(render.MarkdownRenderer)
+_timed(render.PlainRenderer)
 
 
 @atexit.register

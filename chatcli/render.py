@@ -7,6 +7,7 @@ tail is redrawn in a small live region. ``PlainRenderer`` writes the text as it 
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -26,7 +27,8 @@ if TYPE_CHECKING:
     from rich.console import Console, ConsoleOptions, RenderResult
 
 _DIM, _RED, _RESET = "\x1b[2m", "\x1b[31m", "\x1b[0m"
-_REFRESH_INTERVAL = 0.07  # seconds between live redraws: ~14 per second at most
+_REFRESH_INTERVAL = 0.1  # seconds between live redraws: 10 per second at most
+_SWITCH_INTERVAL = 0.001  # GIL slice while an answer is drawn on its own thread
 _CODE_THEME = "monokai"
 
 
@@ -453,7 +455,20 @@ _WRAP_MARK = "↪ "  # starts each row a long code line continues on
 
 def _markdown(source: str) -> Any:
     """rich's Markdown with two elements of ours: ordered items numbered "1." (rich prints
-    "1"), and code blocks whose long lines wrap under a marker instead of at column 0."""
+    "1"), and code blocks whose long lines wrap under a marker instead of at column 0.
+
+    The live tail is re-rendered up to ten times a second, so the classes and the markdown-it
+    parser (which rich would build anew for every document) are made once."""
+    doc_class, template, parser = _markdown_kit()
+    doc = doc_class.__new__(doc_class)
+    doc.__dict__.update(template.__dict__)
+    doc.markup, doc.parsed = source, parser.parse(source)
+    return doc
+
+
+@functools.cache
+def _markdown_kit() -> tuple[Any, Any, Any]:
+    from markdown_it import MarkdownIt
     from rich.markdown import CodeBlock, ListItem, Markdown
     from rich.segment import Segment
     from rich.syntax import Syntax
@@ -509,7 +524,33 @@ def _markdown(source: str) -> Any:
         elements = {**Markdown.elements, "list_item_open": NumberedItem, "fence": WrappedCode,
                     "code_block": WrappedCode}
 
-    return Doc(source, code_theme=_CODE_THEME, hyperlinks=False)
+    template = Doc("", code_theme=_CODE_THEME, hyperlinks=False)
+    return Doc, template, MarkdownIt().enable("strikethrough").enable("table")
+
+
+_warmed = threading.Event()
+
+
+def _warm_up() -> None:
+    """Import and exercise the Markdown and highlighting machinery on a side thread, once per
+    process, while the model loads: otherwise the first answer pays ~0.15 s of imports
+    (markdown-it, pygments and its Python lexer) in the middle of its first tokens."""
+    if _warmed.is_set():
+        return
+    _warmed.set()
+
+    def run() -> None:
+        import io
+
+        from rich.console import Console
+
+        try:
+            sample = "Warm **up**\n\n- item\n\n```python\nx = 1\n```\n"
+            Console(file=io.StringIO(), force_terminal=True, width=40).print(_markdown(sample))
+        except Exception:  # only a head start: the real render reports any real problem
+            pass
+
+    threading.Thread(target=run, name="chatcli-warm-up", daemon=True).start()
 
 
 def _dim_style() -> Any:
@@ -579,8 +620,14 @@ def _blank(line: list[Any]) -> bool:
     return all(not seg.text.strip() and not (seg.style and seg.style.bgcolor) for seg in line)
 
 
+_TRAILING_SPACES = re.compile(r" +((?:\x1b\[[0-9;]*m)*)(?=\n|$)")
 _HIDE_CURSOR, _SHOW_CURSOR = "\x1b[?25l", "\x1b[?25h"
-_CLEAR_BELOW = "\r\x1b[J"  # from the start of the cursor's row to the end of the screen
+# Erasing from the cursor to the end of the screen without a plain ED (ESC [ J) at the top-left
+# corner: tmux (scroll-on-clear, on by default) takes that for "clear the screen" and first
+# pushes the whole screen into the scrollback, so whatever was on it appears there twice. The
+# row is erased with EL, the rest with ED from one column further right.
+ERASE_DOWN = "\x1b[K\x1b7\x1b[C\x1b[J\x1b8"  # from the cursor, which stays where it is
+_CLEAR_BELOW = "\r\x1b[K\x1b[C\x1b[J\r"  # from the start of the cursor's row
 
 
 class MarkdownRenderer(PlainRenderer):
@@ -593,7 +640,9 @@ class MarkdownRenderer(PlainRenderer):
     from the bottom, as rich's Live does, leaves the top of the old tail behind: lines twice).
     """
 
-    def __init__(self, file: TextIO | None = None, *, hide_thinking: bool = False) -> None:
+    def __init__(
+        self, file: TextIO | None = None, *, hide_thinking: bool = False, threaded: bool = True,
+    ) -> None:
         from rich.console import Console
 
         super().__init__(file, terminal=True, hide_thinking=hide_thinking)
@@ -605,12 +654,18 @@ class MarkdownRenderer(PlainRenderer):
         self._printed = False  # a block of this answer is on screen (gaps go between blocks)
         self._seam = False  # the last block printed is a code block that goes on in the tail
         self._last_refresh = 0.0
+        self._threaded = threaded
+        self._painter: _Painter | None = None
+        _warm_up()
 
     def content(self, text: str) -> None:
         if self._mode != "answer":
             self._close()
             self._start_answer()
-        self._show(self._splitter.feed(text))
+        if self._painter is not None:
+            self._painter.add(text)
+        else:
+            self._show(self._splitter.feed(text))
 
     def _start_answer(self) -> None:
         self._splitter = BlockSplitter(max(4, self.console.height // 2))
@@ -618,8 +673,14 @@ class MarkdownRenderer(PlainRenderer):
         self._last_refresh = 0.0
         self._mode = "answer"
         self._write(_HIDE_CURSOR)
+        if self._threaded:
+            self._painter = _Painter(self._paint)
 
-    def _show(self, blocks: list[Block], final: bool = False) -> None:
+    def _paint(self, text: str) -> None:
+        """One refresh, on the painter thread: everything that arrived since the last one."""
+        self._show(self._splitter.feed(text), final=False, throttle=False)
+
+    def _show(self, blocks: list[Block], final: bool = False, throttle: bool = True) -> None:
         from rich.console import Group
         from rich.text import Text
 
@@ -630,7 +691,7 @@ class MarkdownRenderer(PlainRenderer):
             items.append(_Rendered(block.text, drop_top=self._seam, drop_bottom=block.continued))
             self._printed, self._seam = True, block.continued
         now = time.monotonic()
-        if not items and not final and now - self._last_refresh < _REFRESH_INTERVAL:
+        if throttle and not items and not final and now - self._last_refresh < _REFRESH_INTERVAL:
             return
         self._last_refresh = now
         out = [_CLEAR_BELOW]
@@ -657,7 +718,11 @@ class MarkdownRenderer(PlainRenderer):
     def _ansi(self, renderable: Any) -> str:
         with self.console.capture() as capture:
             self.console.print(renderable, end="")
-        return capture.get()
+        # Rows end in erase-to-end-of-line instead of the spaces rich pads them with (a code
+        # block's background reaches the edge all the same: terminals erase with the current
+        # background). A row of padding as wide as the window would become two rows when a
+        # terminal that rewraps on resize is made narrower, leaving stray rows behind.
+        return _TRAILING_SPACES.sub("\x1b[K\\1", capture.get())
 
     def _write(self, text: str) -> None:
         self.file.write(text)
@@ -668,12 +733,77 @@ class MarkdownRenderer(PlainRenderer):
             super()._close()
             return
         self._mode = None
+        painter, self._painter = self._painter, None
         try:
+            if painter is not None:
+                painter.stop()  # paints what is left, then hands the screen back
             self._show(self._splitter.finish(), final=True)
         finally:
             # The cursor is on a fresh line; erase whatever the terminal echoed there ("^C").
             with _ctrl_c_deferred():
                 self._write(_CLEAR_BELOW + _SHOW_CURSOR)
+
+
+class _Painter:
+    """The thread that draws a streaming answer, so that decoding never waits for the terminal.
+
+    ``add`` (the decode loop's side) only appends the new text to a list. The thread takes
+    everything that arrived, hands it to ``paint`` in one piece, then rests until the next
+    refresh is due: at most one redraw per ``_REFRESH_INTERVAL``, each costing the new text
+    plus a screen-bounded tail, however long the answer is. While it draws it holds the GIL in
+    short slices (the switch interval is lowered for the answer's length), so the decode loop
+    gets it back quickly when llama.cpp returns.
+    """
+
+    def __init__(self, paint: Any) -> None:
+        self._paint = paint
+        self._pending: list[str] = []
+        self._cond = threading.Condition()
+        self._idle = True  # waiting for text: the next ``add`` wakes it
+        self._stopping = False
+        self._failure: BaseException | None = None
+        self._switch = sys.getswitchinterval()
+        sys.setswitchinterval(min(self._switch, _SWITCH_INTERVAL))
+        self._thread = threading.Thread(target=self._run, name="chatcli-render", daemon=True)
+        self._thread.start()
+
+    def add(self, text: str) -> None:
+        with self._cond:
+            self._pending.append(text)
+            if self._idle:
+                self._cond.notify()
+
+    def stop(self) -> None:
+        """Paint what is left and end the thread; a failure on the thread is raised here."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        self._thread.join()
+        sys.setswitchinterval(self._switch)
+        if self._failure is not None:
+            raise self._failure
+
+    def _run(self) -> None:
+        try:
+            while True:
+                with self._cond:
+                    self._idle = True
+                    while not self._pending and not self._stopping:
+                        self._cond.wait()
+                    self._idle = False
+                    text = "".join(self._pending)
+                    self._pending.clear()
+                    stopping = self._stopping
+                if text:
+                    self._paint(text)
+                if stopping:
+                    return
+                due = time.monotonic() + _REFRESH_INTERVAL
+                with self._cond:
+                    while not self._stopping and (left := due - time.monotonic()) > 0:
+                        self._cond.wait(left)
+        except BaseException as exc:  # handed to the thread that stops the painter
+            self._failure = exc
 
 
 @dataclass

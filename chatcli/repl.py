@@ -265,10 +265,23 @@ def run_repl(state: ReplState) -> None:
         placeholder=placeholder,
         enable_history_search=False,
     )
+    _keep_scrollback(prompt.app.output)
     # Outside the prompt (answers, commands, model loading) typed keys wait for the next
     # prompt unechoed; the prompt's own raw mode nests inside and restores this one.
     with held_keys():
         _loop(state, prompt)
+
+
+def _keep_scrollback(output: Any) -> None:
+    """prompt-toolkit erases below the prompt with ESC [ J; at the top-left corner (the first
+    prompt of a fresh tmux pane, or after `clear`) tmux pushes the screen into its scrollback
+    first, which left the typed line there twice. Erase the same cells another way."""
+    from prompt_toolkit.output.vt100 import Vt100_Output
+
+    from .render import ERASE_DOWN
+
+    if isinstance(output, Vt100_Output):
+        output.erase_down = lambda: output.write_raw(ERASE_DOWN)  # type: ignore[method-assign]
 
 
 def stopped_before_sent(prompt: Any) -> bool:

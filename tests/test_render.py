@@ -389,3 +389,113 @@ def test_markdown_renderer_survives_an_interrupted_answer():
     assert "Some bold text" in text
     assert "print('x')" in text
     assert text.endswith("a note\n")
+
+
+# ---------------------------------------------------------------------------- the painter thread
+
+_SGR = re.compile(r"\x1b\[[0-9;]*m")
+
+
+class _SlowTerminal(io.StringIO):
+    """A terminal that takes ``delay`` seconds for every write (a slow link, a busy emulator)."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__()
+        self.delay, self.writes = delay, 0
+
+    def isatty(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        if text:  # rich also writes empty strings, which cost nothing
+            self.writes += 1
+            time.sleep(self.delay)
+        return super().write(text)
+
+
+ANSWER = "## Title\n\nSome *text* here.\n\n```python\n" + "x = compute(1)\n" * 40 + "```\n\nBye.\n"
+
+
+def test_decoding_never_waits_for_the_terminal():
+    """content() only hands the text over: a terminal that takes 0.2 s per write does not slow
+    the caller (drawn on the caller's thread, 300 pieces would wait for several writes)."""
+    out = _SlowTerminal(0.2)
+    renderer = MarkdownRenderer(out)
+    renderer.begin()
+    pieces = [ANSWER[i : i + 4] for i in range(0, len(ANSWER), 4)]
+    start = time.perf_counter()
+    for piece in pieces:
+        renderer.content(piece)
+        time.sleep(0.002)
+    fed = time.perf_counter() - start
+    renderer.end()
+    assert fed < 0.2 * 2 + len(pieces) * 0.002, fed  # generous; the drawn version takes > 2 s
+    text = "\n".join(_screen(out.getvalue(), 80, 25))
+    assert "Title" in text and text.count("x = compute(1)") == 40 and "Bye." in text
+
+
+def _screen(raw: str, columns: int, rows: int) -> list[str]:
+    """What a terminal shows, scrollback included, after ``raw``."""
+    import pyte
+
+    screen = pyte.HistoryScreen(columns, rows, history=10_000)
+    pyte.Stream(screen).feed(raw.replace("\n", "\r\n"))  # the tty's ONLCR
+    lines = ["".join(c.data for c in (line[x] for x in range(columns))) for line in
+             screen.history.top]
+    lines += screen.display
+    return [line.rstrip() for line in lines]
+
+
+def test_redraws_are_bounded_in_rate_whatever_the_token_rate():
+    out = _SlowTerminal(0)
+    renderer = MarkdownRenderer(out)
+    renderer.begin()
+    start = time.perf_counter()
+    for i in range(3000):  # ~3000 tokens as fast as they come
+        renderer.content(f"w{i} ")
+        if i % 100 == 0:
+            time.sleep(0.03)
+    elapsed = time.perf_counter() - start
+    renderer.end()
+    # one write to hide the cursor, one per redraw (at most 10 a second), two at the end
+    assert out.writes <= 1 + elapsed / 0.1 + 2 + 2, (out.writes, elapsed)
+    assert "w2999" in out.getvalue()
+
+
+def test_a_failure_while_painting_is_raised_by_end(monkeypatch):
+    def broken(self, text):
+        raise RuntimeError("paint failed")
+
+    monkeypatch.setattr(MarkdownRenderer, "_paint", broken)
+    before = __import__("sys").getswitchinterval()
+    renderer = MarkdownRenderer(_SlowTerminal(0))
+    renderer.begin()
+    renderer.content("text")
+    with pytest.raises(RuntimeError, match="paint failed"):
+        renderer.end()
+    assert __import__("sys").getswitchinterval() == before  # restored after the answer
+
+
+def test_rows_end_in_erase_to_end_of_line_not_padding():
+    """A code block's rows are not padded with spaces to the window's width (a terminal that
+    rewraps on resize would make each two rows); they end in EL, which paints the background."""
+    out = _SlowTerminal(0)
+    renderer = MarkdownRenderer(out, threaded=False)
+    renderer.begin()
+    renderer.content("Text.\n\n```python\nx = 1\nprint(x)\n```\n\nMore text.\n")
+    renderer.end()
+    rows = _SGR.sub("", out.getvalue()).split("\n")
+    assert any("print(x)" in row for row in rows)
+    for row in rows:
+        assert not re.search(r" +(\x1b\[K)?\r?$", row), repr(row)
+
+
+def test_screen_is_never_erased_from_the_top_left_corner_with_a_plain_ed():
+    """tmux pushes the whole screen into its scrollback on ED at the top-left corner (its
+    scroll-on-clear), which doubled lines: the renderer erases with EL + ED one column on."""
+    out = _SlowTerminal(0)
+    renderer = MarkdownRenderer(out)
+    renderer.begin()
+    renderer.content("Hello **there**\n\n- a\n- b\n")
+    renderer.end()
+    assert "\r\x1b[J" not in out.getvalue() and "\x1b[C\x1b[J" in out.getvalue()

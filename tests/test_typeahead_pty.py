@@ -212,8 +212,6 @@ LONG_PROMPT = " ".join(
 ) + " Summarise the list."  # about 3,000 tokens
 
 
-@pytest.mark.xfail(reason="issue 12: in the REPL, Ctrl+C during a long prompt is not yet "
-                   "honoured (the engine alone stops in ms); under investigation", strict=False)
 @pytest.mark.parametrize("after", [0.3, 1.5])
 def test_ctrl_c_while_reading_a_long_prompt_under_load(cli_env, busy_cores, after):
     child = spawn_chat(cli_env, "--num-ctx", "4096", "--num-predict", "400")
