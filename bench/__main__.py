@@ -49,7 +49,7 @@ def main() -> int:
     args = parser.parse_args()
     os.environ.setdefault("CHATCLI_HOME", tempfile.mkdtemp(prefix="chatcli-bench-"))
 
-    from chatcli.models import DEFAULT_MODEL, bundled_model_path
+    from chatcli.models.resolve import DEFAULT_MODEL, bundled_model_path
 
     path = bundled_model_path()
     if path is None:

@@ -10,7 +10,7 @@ import json
 import os
 import time
 
-from chatcli import render
+from chatcli.repl import render
 
 from .common import never_eog
 
@@ -46,6 +46,6 @@ def _write() -> None:
             json.dump(marks, f)
 
 
-from chatcli.cli import main  # noqa: E402
+from chatcli.cli.app import main  # noqa: E402
 
 main()

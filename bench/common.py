@@ -69,7 +69,7 @@ def never_eog():
     """Within the block, generation runs to num_predict (so long answers can be measured):
     the end-of-generation check is replaced by a constant. Used as a plain call by the child
     process of the end-to-end benchmark, where it stays on."""
-    from chatcli import backend
+    from chatcli.engine import binding as backend
 
     lc = backend.llama()
     real = lc.llama_vocab_is_eog
@@ -86,7 +86,7 @@ class BareLoop:
     parameters as the engine."""
 
     def __init__(self, model_path: Path, n_ctx: int, n_batch: int, n_threads: int) -> None:
-        from chatcli import backend
+        from chatcli.engine import binding as backend
 
         self.lc = backend.llama()
         from llama_cpp import _internals
@@ -94,7 +94,7 @@ class BareLoop:
         mparams = self.lc.llama_model_default_params()
         mparams.n_gpu_layers = -1 if self.lc.llama_supports_gpu_offload() else 0
         # The same crash guard as the engine, so both load the weights the same way.
-        from chatcli.safemode import decide
+        from chatcli.engine.safemode import decide
 
         mparams.use_extra_bufts = decide(Path(model_path)).extra_bufts
         self.model = _internals.LlamaModel(path_model=str(model_path), params=mparams,
@@ -121,7 +121,7 @@ class BareLoop:
 
     def sync(self, tokens: list[int], upto: int) -> None:
         """Make the KV cache hold exactly tokens[:upto] (untimed catch-up)."""
-        from chatcli.engine import common_prefix
+        from chatcli.engine.decode import common_prefix
 
         keep = common_prefix(self.cached, tokens[:upto])
         self.ctx.kv_cache_seq_rm(0, keep, -1)
@@ -169,7 +169,7 @@ class BareLoop:
 
 
 def threads() -> int:
-    from chatcli.backend import physical_cores
+    from chatcli.engine.binding import physical_cores
 
     return physical_cores()
 

@@ -13,7 +13,7 @@ LONG_PROMPT = "Here is a passage to read carefully. " + "The quick brown fox jum
 
 
 def _engine(path: Path, n_ctx: int, n_batch: int = 512):
-    from chatcli.engine import Engine
+    from chatcli.engine.decode import Engine
 
     return Engine(path, options={"num_ctx": n_ctx, "num_batch": n_batch})
 
@@ -83,7 +83,7 @@ def multi_turn(path: Path, turns: int) -> Section:
     """Per turn: tokens evaluated (only the new turn's?) and time to first token, against the
     bare loop evaluating the same new tokens at the same depth (attention over a longer
     history costs llama.cpp more, for both)."""
-    from chatcli.events import ContentDelta
+    from chatcli.core.events import ContentDelta
 
     engine = _engine(path, 8192)
     bare = BareLoop(path, 8192, 512, threads())
@@ -137,7 +137,7 @@ def multi_turn(path: Path, turns: int) -> Section:
 
 
 def memory(path: Path, turns: int) -> Section:
-    from chatcli.engine import Engine
+    from chatcli.engine.decode import Engine
 
     n_ctx = 8192
     engine = Engine(path, options={"num_ctx": n_ctx})

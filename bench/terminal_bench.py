@@ -117,7 +117,7 @@ def quicksort(items):
 
 def _render_cost(tokens: int) -> float:
     """Seconds per token to stream ``tokens`` 4-character pieces of Markdown to a terminal."""
-    from chatcli.render import MarkdownRenderer
+    from chatcli.repl.render import MarkdownRenderer
 
     text = SAMPLE * (tokens * 4 // len(SAMPLE) + 1)
     pieces = [text[i : i + 4] for i in range(0, tokens * 4, 4)]

@@ -9,28 +9,28 @@ __all__ = ["chat", "embed", "ChatResponse", "EmbedResponse", "Message", "ChatCli
            "__version__"]
 
 if TYPE_CHECKING:
-    from .api import chat
-    from .embedding import EmbedResponse, embed
-    from .errors import ChatCliError
-    from .responses import ChatResponse, Message
+    from chatcli.api import chat
+    from chatcli.core.errors import ChatCliError
+    from chatcli.engine.embedding import EmbedResponse, embed
+    from chatcli.responses import ChatResponse, Message
 
 
 def __getattr__(name: str) -> Any:
     # Lazy, so that `import chatcli` (and `chat --help`) stays instant.
     if name == "chat":
-        from .api import chat
+        from chatcli.api import chat
 
         return chat
     if name in ("embed", "EmbedResponse"):
-        from . import embedding
+        from chatcli.engine import embedding
 
         return getattr(embedding, name)
     if name in ("ChatResponse", "Message"):
-        from . import responses
+        from chatcli import responses
 
         return getattr(responses, name)
     if name == "ChatCliError":
-        from .errors import ChatCliError
+        from chatcli.core.errors import ChatCliError
 
         return ChatCliError
     raise AttributeError(name)

@@ -1,3 +1,3 @@
-from .cli import main
+from chatcli.cli.app import main
 
 main()

@@ -13,16 +13,16 @@ from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
-from . import options as opts_mod
-from . import textclean
-from .client import run_chat, with_model_system
-from .conversation import ROLES
-from .errors import ChatCliError, RequestError
-from .events import ContentDelta, Done, ThinkingDelta, ToolCall
-from .keepalive import parse_keep_alive
-from .loaded import CACHE
-from .models import DEFAULT_MODEL, resolve
-from .responses import ChatResponse, Message, ToolCallFunction, ToolCallRecord
+from chatcli.client.conversation import ROLES
+from chatcli.client.local import run_chat, with_model_system
+from chatcli.core import options as opts_mod
+from chatcli.core import textclean
+from chatcli.core.errors import ChatCliError, RequestError
+from chatcli.core.events import ContentDelta, Done, ThinkingDelta, ToolCall
+from chatcli.core.keepalive import parse_keep_alive
+from chatcli.engine.loaded import CACHE
+from chatcli.models.resolve import DEFAULT_MODEL, resolve
+from chatcli.responses import ChatResponse, Message, ToolCallFunction, ToolCallRecord
 
 
 def _now() -> str:

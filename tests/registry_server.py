@@ -1,6 +1,6 @@
 """A local stand-in for Ollama's registry, its blob CDN and the Hugging Face Hub, for tests.
 
-It speaks the parts of each protocol that ``chatcli.pull`` uses, over plain http on 127.0.0.1:
+It speaks the parts of each protocol that ``chatcli.models.pull`` uses, over http on 127.0.0.1:
 
     GET /v2/{namespace}/{model}/manifests/{tag}     docker-v2 manifest
     GET /v2/{namespace}/{model}/blobs/sha256:{hex}  a blob (or a 307 to another instance)

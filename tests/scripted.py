@@ -7,9 +7,9 @@ tested end to end elsewhere; this only makes the REPL's bookkeeping testable qui
 
 from __future__ import annotations
 
-from chatcli.errors import ModelNotFoundError
-from chatcli.events import ContentDelta, Done, Metrics
-from chatcli.models import ResolvedModel
+from chatcli.core.errors import ModelNotFoundError
+from chatcli.core.events import ContentDelta, Done, Metrics
+from chatcli.models.resolve import ResolvedModel
 
 
 class ScriptedClient:

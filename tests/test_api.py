@@ -7,14 +7,14 @@ import pytest
 from conftest import DET
 
 from chatcli import chat
-from chatcli.errors import (
+from chatcli.core.errors import (
     InvalidOptionError,
     ModelNotFoundError,
     NotSupportedError,
     RequestError,
 )
-from chatcli.keepalive import parse_keep_alive
-from chatcli.loaded import CACHE
+from chatcli.core.keepalive import parse_keep_alive
+from chatcli.engine.loaded import CACHE
 
 MODEL = "smollm2:135m"
 METRICS = ("total_duration", "load_duration", "prompt_eval_count", "prompt_eval_duration",

@@ -8,7 +8,7 @@ from conftest import DET
 from tiny_gguf import write_tiny_llama
 
 from chatcli import chat
-from chatcli.errors import NotSupportedError
+from chatcli.core.errors import NotSupportedError
 
 R1_STYLE = (
     "{% for m in messages %}{% if m['role'] == 'user' %}<｜User｜>{{ m['content'] }}"
@@ -93,7 +93,7 @@ def get_weather(city: str) -> str:
 
 
 def test_seed_tool_flow_renders_and_answers(qwen3):
-    from chatcli.engine import Engine
+    from chatcli.engine.decode import Engine
 
     messages = [
         {"role": "user", "content": "Weather in Paris?"},
@@ -106,7 +106,7 @@ def test_seed_tool_flow_renders_and_answers(qwen3):
     assert r.done and r.message.role == "assistant"
     eng = Engine(__import__("pathlib").Path(qwen3))
     try:
-        from chatcli.capabilities import plan
+        from chatcli.engine.output.plan import plan
 
         how = plan(eng.template.source, "q3", messages, tools=[get_weather], think=False)
         prompt = eng.render(how.messages, **how.template_vars)
@@ -117,8 +117,8 @@ def test_seed_tool_flow_renders_and_answers(qwen3):
 
 
 def test_tool_calls_come_back_in_the_seed_shape(monkeypatch, qwen3):
-    from chatcli.engine import Engine
-    from chatcli.events import ContentDelta, Done, ToolCall
+    from chatcli.core.events import ContentDelta, Done, ToolCall
+    from chatcli.engine.decode import Engine
 
     def scripted(self, messages, options=None, **kw):
         yield ContentDelta("Let me check.")

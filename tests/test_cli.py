@@ -44,7 +44,7 @@ def test_help_is_quick_and_lists_run(cli_env):
 
 
 def test_prompt_is_piped_stdin_then_words():
-    from chatcli.cli import _one_shot_prompt
+    from chatcli.cli.app import _one_shot_prompt
 
     expected = "Cats sleep.\n\nsummarize this"
     assert _one_shot_prompt("Cats sleep.\n", ["summarize", "this"]) == expected

@@ -8,10 +8,10 @@ import pytest
 from prompt_toolkit.document import Document
 from scripted import ScriptedClient
 
-from chatcli.commands import osc52, path_candidates, strip_triple_quotes
-from chatcli.errors import InvalidOptionError
-from chatcli.registry import CommandError, CommandNotFound
-from chatcli.repl import (
+from chatcli.client.session import Session
+from chatcli.core.errors import InvalidOptionError
+from chatcli.repl.commands import osc52, path_candidates, strip_triple_quotes
+from chatcli.repl.loop import (
     RegistryCompleter,
     ReplState,
     Settings,
@@ -19,7 +19,7 @@ from chatcli.repl import (
     multiline_open,
     one_iteration,
 )
-from chatcli.session import Session
+from chatcli.repl.registry import CommandError, CommandNotFound
 
 
 class Recorder:
@@ -171,7 +171,7 @@ def test_copy_uses_osc52(state):
 def test_model_switch(state):
     run(state, "/model other")
     assert state.session.model == "other"
-    from chatcli.errors import ModelNotFoundError
+    from chatcli.core.errors import ModelNotFoundError
 
     with pytest.raises(ModelNotFoundError):
         run(state, "/model nope")
@@ -225,7 +225,7 @@ def test_multiline_helpers():
 
 
 def test_trimmed_context_is_noted(state):
-    from chatcli.events import ContentDelta, Done, Trimmed
+    from chatcli.core.events import ContentDelta, Done, Trimmed
 
     def chat(model, messages, options=None, **kw):
         yield Trimmed(dropped=4, kept=3)
@@ -238,7 +238,7 @@ def test_trimmed_context_is_noted(state):
 
 
 def test_default_model_from_config_and_env(chatcli_home, monkeypatch):
-    from chatcli.config import default_model
+    from chatcli.core.config import default_model
 
     assert default_model() == "smollm2:135m"
     (chatcli_home / "config").mkdir()

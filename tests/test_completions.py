@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from chatcli.shell_completion import GENERATORS, SHELLS
+from chatcli.cli.completion import GENERATORS, SHELLS
 
 ROOT = Path(__file__).parent.parent
-FIX = "python -m chatcli.shell_completion"
+FIX = "python -m chatcli.cli.completion"
 
 
 @pytest.mark.parametrize("shell", list(SHELLS))
@@ -20,7 +20,7 @@ def test_committed_scripts_match_the_cli(shell):
 
 
 def test_scripts_mention_every_run_option():
-    from chatcli.shell_completion import describe_cli
+    from chatcli.cli.completion import describe_cli
 
     _, commands = describe_cli()
     run = next(c for c in commands if c.name == "run")

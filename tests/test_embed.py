@@ -19,10 +19,10 @@ from live_server import ServerThread
 from tiny_gguf import write_tiny_llama
 
 import chatcli
-from chatcli.embedding import embed, pool, pooling_of
-from chatcli.errors import ModelNotFoundError, RequestError
-from chatcli.gguf import read_gguf
-from chatcli.loaded import CACHE
+from chatcli.core.errors import ModelNotFoundError, RequestError
+from chatcli.engine.embedding import embed, pool, pooling_of
+from chatcli.engine.loaded import CACHE
+from chatcli.models.gguf import read_gguf
 from chatcli.serve.app import build_app
 
 NONE, MEAN, CLS, LAST, RANK = 0, 1, 2, 3, 4
@@ -186,7 +186,7 @@ def test_options_are_lenient_as_chats(embedder):
 
 
 def test_the_python_api_embeds_with_a_chat_model(bundled_path, n_embd):
-    import chatcli.embedding  # noqa: F401  the submodule's import must not hide chatcli.embed
+    import chatcli.engine.embedding  # noqa: F401  the submodule's import must not hide chatcli.embed
 
     result = chatcli.embed(model=MODEL, input=TEXTS)
     assert isinstance(result, chatcli.EmbedResponse)

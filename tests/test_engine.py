@@ -5,9 +5,9 @@ from pathlib import Path
 import pytest
 from conftest import DET
 
-from chatcli.engine import Engine, common_prefix
-from chatcli.errors import ModelLoadError, TemplateError
-from chatcli.events import ContentDelta, Done, Trimmed
+from chatcli.core.errors import ModelLoadError, TemplateError
+from chatcli.core.events import ContentDelta, Done, Trimmed
+from chatcli.engine.decode import Engine, common_prefix
 
 
 @pytest.fixture(scope="module")
@@ -252,7 +252,7 @@ def test_cancel_flag_is_polled_from_c_during_prompt_eval(bundled_path):
     import threading
     import time
 
-    from chatcli.cancel import STRLEN, CancelFlag
+    from chatcli.engine.cancel import STRLEN, CancelFlag
 
     assert STRLEN is not None  # Linux/macOS: libc's strlen is the C-side poll
     flag = CancelFlag()

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 from tiny_gguf import drop_kv, patch_tensor_info, set_kv, write_tiny_llama
 
-from chatcli.errors import ChatCliError, ModelLoadError
-from chatcli.gguf import check_model_file, read_gguf
+from chatcli.core.errors import ChatCliError, ModelLoadError
+from chatcli.models.gguf import check_model_file, read_gguf
 
 U32, I32, STR, ARR = 4, 5, 8, 9
 
@@ -166,7 +166,7 @@ def test_a_good_model_passes(tiny_gguf, bundled_path):
 _CHILD = textwrap.dedent("""
     import json, sys
     from pathlib import Path
-    from chatcli import backend
+    from chatcli.engine import binding as backend
     for path in sys.argv[2:]:
         print(json.dumps([path, "loading"]), flush=True)
         try:
@@ -256,8 +256,8 @@ def test_hostile_header_is_a_model_load_error(tmp_path, name):
 
 _MEASURE = textwrap.dedent("""
     import json, resource, sys, time
-    from chatcli.gguf import read_gguf
-    from chatcli.errors import ChatCliError
+    from chatcli.models.gguf import read_gguf
+    from chatcli.core.errors import ChatCliError
     out = {}
     for path in sys.argv[1:]:
         start = time.perf_counter()
@@ -320,9 +320,9 @@ def special_files(tmp_path: Path) -> dict[str, Path]:
 
 
 def test_create_from_special_files_is_a_clear_error_and_leaves_no_blob(tmp_path):
-    from chatcli.modelfile import create, parse_modelfile
-    from chatcli.names import parse_name
-    from chatcli.store import local_store
+    from chatcli.core.names import parse_name
+    from chatcli.models.modelfile import create, parse_modelfile
+    from chatcli.models.store import local_store
 
     store = local_store()
     for label, path in special_files(tmp_path).items():
@@ -347,7 +347,7 @@ def test_chat_create_from_proc_self_mem_is_one_line(cli_env, tmp_path):
 
 
 def test_add_blob_file_refuses_special_files_and_cleans_up(tmp_path):
-    from chatcli.store import StoreError, local_store
+    from chatcli.models.store import StoreError, local_store
 
     store = local_store()
     for label, path in special_files(tmp_path).items():
@@ -367,7 +367,7 @@ def test_unreadable_model_file_is_a_clear_error(tmp_path, tiny_gguf):
 
 
 def test_modelfile_that_is_not_text_is_a_clear_error(tmp_path):
-    from chatcli.modelfile import ModelfileError, read_modelfile
+    from chatcli.models.modelfile import ModelfileError, read_modelfile
 
     mf = tmp_path / "Modelfile"
     mf.write_bytes(b"FROM x\n\xff\xfe")

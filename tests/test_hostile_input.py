@@ -20,10 +20,15 @@ import pytest
 from conftest import DET
 
 from chatcli import chat
-from chatcli.errors import ChatCliError, RequestError
-from chatcli.keepalive import MAX_KEEP_ALIVE, parse_keep_alive
-from chatcli.structured import MAX_REPEAT, MAX_WORK, StructuredOutputError, grammar_for
-from chatcli.textclean import MAX_DEPTH, TooDeepError, clean_text, clean_value, loads
+from chatcli.core.errors import ChatCliError, RequestError
+from chatcli.core.keepalive import MAX_KEEP_ALIVE, parse_keep_alive
+from chatcli.core.textclean import MAX_DEPTH, TooDeepError, clean_text, clean_value, loads
+from chatcli.engine.output.structured import (
+    MAX_REPEAT,
+    MAX_WORK,
+    StructuredOutputError,
+    grammar_for,
+)
 
 MODEL = "smollm2:135m"
 FAST = {**DET, "num_predict": 8, "num_thread": 1}
@@ -117,8 +122,8 @@ def test_reasonable_repetition_still_builds():
 
 CHILD = textwrap.dedent("""
     import json, resource, sys, time
-    from chatcli.structured import grammar_for
-    from chatcli.errors import ChatCliError
+    from chatcli.engine.output.structured import grammar_for
+    from chatcli.core.errors import ChatCliError
     schema = json.loads(sys.argv[1])
     start = time.perf_counter()
     try:
@@ -343,8 +348,8 @@ def thread_errors(monkeypatch):
 @pytest.mark.parametrize("keep", [1e30, 1e300, float("inf"), float("nan"),
                                   float(threading.TIMEOUT_MAX) * 2])
 def test_the_expiry_timer_survives_any_value(bundled_path, thread_errors, keep):
-    from chatcli.loaded import CACHE
-    from chatcli.models import resolve
+    from chatcli.engine.loaded import CACHE
+    from chatcli.models.resolve import resolve
 
     entry = CACHE.acquire(resolve(MODEL), DET)
     try:
@@ -359,9 +364,9 @@ def test_the_expiry_timer_survives_any_value(bundled_path, thread_errors, keep):
 
 
 def test_a_long_keep_alive_is_waited_out_in_steps(bundled_path, thread_errors, monkeypatch):
-    from chatcli import loaded
-    from chatcli.loaded import CACHE
-    from chatcli.models import resolve
+    from chatcli.engine import loaded
+    from chatcli.engine.loaded import CACHE
+    from chatcli.models.resolve import resolve
 
     monkeypatch.setattr(loaded, "TIMER_STEP", 0.1)
     entry = CACHE.acquire(resolve(MODEL), DET)

@@ -14,11 +14,11 @@ import zlib
 import pytest
 
 from chatcli import chat
-from chatcli.engine import Engine
-from chatcli.errors import NotSupportedError, RequestError
-from chatcli.images import load_image
-from chatcli.repl import find_images
-from chatcli.vision import MARKER
+from chatcli.core.errors import NotSupportedError, RequestError
+from chatcli.core.images import load_image
+from chatcli.engine.decode import Engine
+from chatcli.engine.vision import MARKER
+from chatcli.repl.loop import find_images
 
 
 def png(w: int = 4, h: int = 4) -> bytes:
@@ -74,8 +74,8 @@ def test_a_file_that_is_not_a_projector_is_refused_by_mtmd(tiny_gguf, tmp_path):
     code = (
         "import sys\n"
         "from pathlib import Path\n"
-        "from chatcli.engine import Engine\n"
-        "from chatcli.errors import ModelLoadError\n"
+        "from chatcli.engine.decode import Engine\n"
+        "from chatcli.core.errors import ModelLoadError\n"
         f"eng = Engine(Path({str(tiny_gguf)!r}), projector=Path({str(tiny_gguf)!r}))\n"
         "try:\n"
         f"    list(eng.chat([{{'role': 'user', 'content': 'hi', 'images': [{png()!r}]}}]))\n"
@@ -105,7 +105,7 @@ def test_cli_mmproj_must_exist(cli_env, tmp_path):
 
 
 def test_network_images_are_never_read_from_paths(tmp_path):
-    from chatcli.images import decode_base64_image
+    from chatcli.core.images import decode_base64_image
 
     secret = tmp_path / "secret.png"
     secret.write_bytes(png())

@@ -16,9 +16,10 @@ import sys
 import ollama
 import pytest
 
-from chatcli import backend, chat
-from chatcli.engine import load
-from chatcli.errors import InvalidOptionError
+from chatcli import chat
+from chatcli.core.errors import InvalidOptionError
+from chatcli.engine import binding as backend
+from chatcli.engine.decode import load
 
 MODEL = "smollm2:135m"
 FAST = {"num_predict": 8, "num_thread": 1}
@@ -203,7 +204,7 @@ def test_cli_refuses_in_one_line(cli_env, option, words):
 
 
 def test_modelfile_parameters_are_strict():
-    from chatcli.modelfile import ModelfileError, parse_modelfile
+    from chatcli.models.modelfile import ModelfileError, parse_modelfile
 
     mf = parse_modelfile("FROM x\nPARAMETER mirostat 2\nPARAMETER typical_p 0.5")
     assert mf.parameters == {"mirostat": 2, "typical_p": 0.5}

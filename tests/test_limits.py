@@ -16,10 +16,11 @@ import httpx
 import pytest
 from live_server import ServerThread
 
-from chatcli import memory, options
-from chatcli.engine import LONG_CONTEXT_ENV, Engine
-from chatcli.errors import ChatCliError, ContextOverflowError, InvalidOptionError
-from chatcli.events import ContentDelta, Done, Trimmed
+from chatcli.core import options
+from chatcli.core.errors import ChatCliError, ContextOverflowError, InvalidOptionError
+from chatcli.core.events import ContentDelta, Done, Trimmed
+from chatcli.engine import memory
+from chatcli.engine.decode import LONG_CONTEXT_ENV, Engine
 
 OPTS = {"temperature": 0, "seed": 42, "num_predict": 8}
 MODEL = "smollm2:135m"
@@ -66,10 +67,10 @@ CHILD = r"""
 import json, resource, sys, time
 sys.path.insert(0, sys.argv[1])
 from test_limits import conversation, text_of, OPTS
-from chatcli.engine import Engine
-from chatcli.errors import ChatCliError
-from chatcli.events import ContentDelta, Trimmed
-from chatcli.models import bundled_model_path
+from chatcli.engine.decode import Engine
+from chatcli.core.errors import ChatCliError
+from chatcli.core.events import ContentDelta, Trimmed
+from chatcli.models.resolve import bundled_model_path
 
 case = sys.argv[2]
 eng = Engine(bundled_model_path())

@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from chatcli.errors import ChatCliError
+from chatcli.core.errors import ChatCliError
 
 CHAT = [sys.executable, "-m", "chatcli"]
 DET = {"temperature": 0, "seed": 42, "num_predict": 4}

@@ -117,7 +117,7 @@ def test_data_url_images_reach_the_engine(client):
 
 def wait_for_model_lock(timeout: float) -> None:
     """Fail unless the bundled model's lock is free within ``timeout`` (no answer running)."""
-    from chatcli.loaded import CACHE
+    from chatcli.engine.loaded import CACHE
 
     entry = next(e for e in CACHE.loaded() if e.model.name == MODEL)
     deadline = time.monotonic() + timeout
@@ -128,7 +128,7 @@ def wait_for_model_lock(timeout: float) -> None:
 
 
 def test_client_disconnect_cancels_the_generation(client):
-    from chatcli.loaded import CACHE
+    from chatcli.engine.loaded import CACHE
 
     stream = ask(client, messages=[{"role": "user", "content": "Write a long story about a "
                                                                "dragon."}],
@@ -278,7 +278,7 @@ def test_embeddings_from_a_chat_model(client):
 def test_embeddings(client, tmp_path):
     from tiny_gguf import write_tiny_llama
 
-    from chatcli.modelfile import create, parse_modelfile
+    from chatcli.models.modelfile import create, parse_modelfile
 
     gguf = write_tiny_llama(tmp_path / "embedder.gguf", pooling_type=1)
     create("tiny-embed", parse_modelfile(f"FROM {gguf}"))
@@ -301,7 +301,7 @@ def test_embeddings(client, tmp_path):
 @pytest.fixture
 def scripted(monkeypatch):
     """Replace the engine behind the routes: record the request, answer with ``events``."""
-    from chatcli.events import Done, Metrics, ThinkingDelta, ToolCall
+    from chatcli.core.events import Done, Metrics, ThinkingDelta, ToolCall
     from chatcli.serve import openai_api
 
     seen: dict = {}

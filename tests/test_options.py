@@ -1,7 +1,7 @@
 import pytest
 
-from chatcli import options
-from chatcli.errors import InvalidOptionError
+from chatcli.core import options
+from chatcli.core.errors import InvalidOptionError
 
 
 def test_validate_normalises_types():

@@ -16,10 +16,10 @@ from types import SimpleNamespace
 import pytest
 from registry_server import RegistryServer, digest_of
 
-from chatcli.models import resolve
-from chatcli.names import InvalidNameError, ModelName
-from chatcli.pull import HfFile, PullError, choose_hf_model, pull
-from chatcli.store import MEDIA, local_store
+from chatcli.core.names import InvalidNameError, ModelName
+from chatcli.models.pull import HfFile, PullError, choose_hf_model, pull
+from chatcli.models.resolve import resolve
+from chatcli.models.store import MEDIA, local_store
 
 MODEL = MEDIA + "model"
 PARAMS = {"temperature": 0.1, "stop": ["<x>"]}

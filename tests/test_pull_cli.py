@@ -9,7 +9,7 @@ import pexpect
 import pytest
 from registry_server import RegistryServer
 
-from chatcli.store import MEDIA
+from chatcli.models.store import MEDIA
 
 CHAT = [sys.executable, "-m", "chatcli"]
 

@@ -2,8 +2,8 @@
 
 import pytest
 
-from chatcli.commands import REGISTRY
-from chatcli.registry import CommandError, CommandNotFound, Registry
+from chatcli.repl.commands import REGISTRY
+from chatcli.repl.registry import CommandError, CommandNotFound, Registry
 
 
 def test_register_dispatch_and_aliases():

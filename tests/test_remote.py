@@ -15,9 +15,9 @@ import pytest
 from conftest import DET
 from live_server import ServerThread
 
-from chatcli.errors import ChatCliError, ModelNotFoundError
-from chatcli.events import ContentDelta, Done
-from chatcli.remote import RemoteClient, host_url, parse_parameters
+from chatcli.client.remote import RemoteClient, host_url, parse_parameters
+from chatcli.core.errors import ChatCliError, ModelNotFoundError
+from chatcli.core.events import ContentDelta, Done
 
 MODEL = "smollm2:135m"
 HI = [{"role": "user", "content": "Say hi"}]
@@ -44,7 +44,7 @@ def remote(server, bundled_path):
 
 def wait_for_model_lock(timeout: float) -> None:
     """Fail unless the bundled model's lock is free within ``timeout`` (no answer running)."""
-    from chatcli.loaded import CACHE
+    from chatcli.engine.loaded import CACHE
 
     entry = next(e for e in CACHE.loaded() if e.model.name == MODEL)
     deadline = time.monotonic() + timeout
@@ -58,7 +58,7 @@ def wait_for_model_lock(timeout: float) -> None:
 
 
 def test_chat_streams_events_like_the_local_client(remote):
-    from chatcli.client import LocalClient
+    from chatcli.client.local import LocalClient
 
     options = {**DET, "num_predict": 24}
     events = list(remote.chat(MODEL, HI, options))
@@ -80,7 +80,7 @@ def test_resolve(remote):
 
 
 def test_show_matches_the_local_client(remote):
-    from chatcli.client import LocalClient
+    from chatcli.client.local import LocalClient
 
     info = remote.show(MODEL)
     local = LocalClient().show(MODEL)
@@ -119,7 +119,7 @@ def test_cancel_before_the_first_token(remote):
 
 
 def test_a_session_keeps_the_conversation(remote):
-    from chatcli.session import Session
+    from chatcli.client.session import Session
 
     session = Session(remote, MODEL, options={**DET, "num_predict": 12})
     list(session.ask("Say hi"))

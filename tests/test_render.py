@@ -1,4 +1,4 @@
-"""Unit tests for chatcli.render: the block splitter, the stats block and the plain renderer."""
+"""Unit tests for chatcli.repl.render: the block splitter, the stats block, the renderers."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from chatcli.events import Metrics
-from chatcli.render import (
+from chatcli.core.events import Metrics
+from chatcli.repl.render import (
     Block,
     BlockSplitter,
     MarkdownRenderer,

@@ -30,8 +30,8 @@ DRIVER = """
 import sys, time
 sys.path.insert(0, {tests!r})
 from scripted import ScriptedClient
-from chatcli.repl import ReplState, Settings, run_repl
-from chatcli.session import Session
+from chatcli.repl.loop import ReplState, Settings, run_repl
+from chatcli.client.session import Session
 
 class Slow(ScriptedClient):
     def chat(self, *args, **kwargs):

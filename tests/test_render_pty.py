@@ -17,7 +17,7 @@ COLUMNS, ROWS = 80, 24
 
 SCRIPT = '''
 import random, sys, time
-from chatcli.render import make_renderer
+from chatcli.repl.render import make_renderer
 
 def document():
     parts = ["# Heading HEAD_A", "", "Intro PARA_0 with **bold** and `code`.", ""]

@@ -11,15 +11,15 @@ import time
 import pytest
 from scripted import ScriptedClient
 
-from chatcli import options as opts_mod
-from chatcli.conversation import ConversationFileError, from_data
-from chatcli.conversation import load as load_conversation
-from chatcli.errors import InvalidOptionError
-from chatcli.fileio import atomic_write_text
-from chatcli.registry import CommandError
-from chatcli.render import PlainRenderer
-from chatcli.repl import ReplState, Settings, one_iteration
-from chatcli.session import Session
+from chatcli.client.conversation import ConversationFileError, from_data
+from chatcli.client.conversation import load as load_conversation
+from chatcli.client.session import Session
+from chatcli.core import options as opts_mod
+from chatcli.core.errors import InvalidOptionError
+from chatcli.core.fileio import atomic_write_text
+from chatcli.repl.loop import ReplState, Settings, one_iteration
+from chatcli.repl.registry import CommandError
+from chatcli.repl.render import PlainRenderer
 
 LONG_PATH = "/models/" + "a-rather-long-directory-name/" * 4 + "model-Q4_K_M.gguf"
 
@@ -269,7 +269,7 @@ def test_ctrl_c_typed_behind_the_enter_of_a_paste_stops_the_message():
     from prompt_toolkit.input import create_pipe_input
     from prompt_toolkit.output import DummyOutput
 
-    from chatcli.repl import stopped_before_sent
+    from chatcli.repl.loop import stopped_before_sent
 
     with create_pipe_input() as pipe:
         session = PromptSession(input=pipe, output=DummyOutput())

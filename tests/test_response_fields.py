@@ -84,7 +84,7 @@ def test_server_and_v1_count_the_whole_prompt_and_report_the_cached_part(http):
 @pytest.fixture
 def two_calls(monkeypatch):
     """The engine behind the routes answers with two tool calls."""
-    from chatcli.events import Done, Metrics, ToolCall
+    from chatcli.core.events import Done, Metrics, ToolCall
     from chatcli.serve import runner
 
     async def answer(model, messages, options, **request):
@@ -112,8 +112,8 @@ def test_tool_calls_carry_ollama_ids_and_indexes(http, two_calls):
 
 
 def test_python_api_tool_calls_carry_ids_and_indexes(monkeypatch):
-    from chatcli.engine import Engine
-    from chatcli.events import Done, ToolCall
+    from chatcli.core.events import Done, ToolCall
+    from chatcli.engine.decode import Engine
 
     def scripted(self, messages, options=None, **kw):
         yield ToolCall("get_weather", {"city": "Paris"})
@@ -129,7 +129,7 @@ def test_python_api_tool_calls_carry_ids_and_indexes(monkeypatch):
 
 
 def test_remote_client_keeps_the_servers_ids_and_cached_count():
-    from chatcli.remote import _message_events, _metrics
+    from chatcli.client.remote import _message_events, _metrics
 
     (call,) = _message_events({"tool_calls": [{"id": "call_abcd1234", "function": {
         "index": 0, "name": "f", "arguments": {}}}]})
@@ -167,7 +167,7 @@ def test_generate_refuses_a_context_that_is_not_token_ids(http, context):
 
 
 def test_suffix_uses_the_models_fim_tokens(http, fim_gguf):
-    from chatcli.engine import Engine
+    from chatcli.engine.decode import Engine
 
     engine = Engine(fim_gguf, options={"num_ctx": 256})
     try:
@@ -217,9 +217,9 @@ def test_go_template_placeholders_and_trim_markers():
 
 
 def test_tags_have_capabilities_context_length_and_newest_first(http, tiny_gguf):
-    from chatcli.names import parse_name
+    from chatcli.core.names import parse_name
+    from chatcli.models.store import local_store
     from chatcli.serve.http import reference
-    from chatcli.store import local_store
 
     _upload(http, tiny_gguf, "older")
     _upload(http, tiny_gguf, "newer")
@@ -288,8 +288,8 @@ def test_unload_requested_while_busy_happens_when_the_busy_request_ends(http):
 
 
 def test_cache_remembers_keep_alive_zero_until_the_last_user_is_done(bundled_path):
-    from chatcli.loaded import ModelCache
-    from chatcli.models import resolve
+    from chatcli.engine.loaded import ModelCache
+    from chatcli.models.resolve import resolve
 
     cache = ModelCache()
     model = resolve(MODEL)

@@ -15,8 +15,8 @@ import time
 import httpx
 import pytest
 
-from chatcli import safemode
-from chatcli.errors import ModelLoadError
+from chatcli.core.errors import ModelLoadError
+from chatcli.engine import safemode
 
 CHAT = [sys.executable, "-m", "chatcli"]
 DET = {"temperature": 0, "seed": 42, "num_predict": 4}
@@ -37,7 +37,7 @@ def seen_params(monkeypatch):
     """The use_extra_bufts of every model llama.cpp is asked to load in this process."""
     from llama_cpp import _internals
 
-    from chatcli.loaded import CACHE
+    from chatcli.engine.loaded import CACHE
 
     CACHE.unload_all()  # an earlier test's model may still be loaded (keep_alive)
 

@@ -26,7 +26,7 @@ from conftest import DET
 from registry_server import RegistryServer
 
 from chatcli import __version__
-from chatcli.cli_serve import parse_host
+from chatcli.cli.serve import parse_host
 from chatcli.serve.app import build_app
 
 MODEL = "smollm2:135m"
@@ -399,7 +399,7 @@ def _scripted_answer(monkeypatch, events):
 
 
 def test_thinking_and_tool_calls_take_ollamas_shape(http, monkeypatch):
-    from chatcli.events import ContentDelta, Done, Metrics, ThinkingDelta, ToolCall
+    from chatcli.core.events import ContentDelta, Done, Metrics, ThinkingDelta, ToolCall
 
     metrics = Metrics(total_duration=1, load_duration=2, prompt_eval_count=3,
                       prompt_eval_duration=4, eval_count=5, eval_duration=6)
@@ -423,7 +423,7 @@ def test_thinking_and_tool_calls_take_ollamas_shape(http, monkeypatch):
 
 
 def test_an_error_after_the_stream_began_is_its_last_line(http, monkeypatch):
-    from chatcli.events import ContentDelta
+    from chatcli.core.events import ContentDelta
 
     _scripted_answer(monkeypatch, [ContentDelta("Hi"), RuntimeError("llama_decode returned -3")])
     with http.stream("POST", "/api/chat", json={"model": MODEL, "messages": USER}) as r:
@@ -569,8 +569,8 @@ def test_pull_copy_show_delete(http, client, tiny_gguf):
 
 
 def test_delete_refuses_ollamas_read_only_store(http, tiny_gguf, chatcli_home, monkeypatch):
-    from chatcli.names import parse_name
-    from chatcli.store import MODEL_MEDIA_TYPE, Layer, Manifest, Store
+    from chatcli.core.names import parse_name
+    from chatcli.models.store import MODEL_MEDIA_TYPE, Layer, Manifest, Store
 
     ollama_root = chatcli_home / "ollama-models"
     store = Store(ollama_root)
@@ -728,7 +728,7 @@ def test_chat_serve_on_a_busy_port_fails_in_one_line(cli_env):
 def test_the_cli_is_registered():
     from typer.testing import CliRunner
 
-    from chatcli.cli import app
+    from chatcli.cli.app import app
 
     result = CliRunner().invoke(app, ["serve", "--help"], env={**os.environ, "NO_COLOR": "1"})
     assert result.exit_code == 0 and "--port" in result.output

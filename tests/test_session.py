@@ -6,9 +6,9 @@ import threading
 import pytest
 from scripted import ScriptedClient
 
-from chatcli.conversation import ConversationFileError
-from chatcli.errors import InvalidOptionError, ModelNotFoundError, RequestError
-from chatcli.session import Session
+from chatcli.client.conversation import ConversationFileError
+from chatcli.client.session import Session
+from chatcli.core.errors import InvalidOptionError, ModelNotFoundError, RequestError
 
 
 def drain(events):
@@ -123,7 +123,7 @@ def test_save_over_existing_file_is_atomic(tmp_path, monkeypatch):
     path.write_text('{"messages": []}')
     s = Session(ScriptedClient(["a"]), "scripted")
     drain(s.ask("q"))
-    import chatcli.fileio as fileio
+    import chatcli.core.fileio as fileio
 
     def boom(*a, **k):
         raise OSError("disk full")

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from chatcli.errors import ModelNotFoundError
-from chatcli.gguf import read_gguf
-from chatcli.modelfile import ModelfileError, create, parse_modelfile
-from chatcli.models import resolve
-from chatcli.names import InvalidNameError, parse_digest, parse_name
-from chatcli.store import MEDIA, Layer, Manifest, StoreError, local_store
+from chatcli.core.errors import ModelNotFoundError
+from chatcli.core.names import InvalidNameError, parse_digest, parse_name
+from chatcli.models.gguf import read_gguf
+from chatcli.models.modelfile import ModelfileError, create, parse_modelfile
+from chatcli.models.resolve import resolve
+from chatcli.models.store import MEDIA, Layer, Manifest, StoreError, local_store
 
 CHAT = [sys.executable, "-m", "chatcli"]
 
@@ -58,7 +58,7 @@ def test_gguf_reader(bundled_path, tmp_path):
     assert info.array_lengths["tokenizer.ggml.tokens"] == 49152
     cut = tmp_path / "cut.gguf"
     cut.write_bytes(bundled_path.read_bytes()[:200])
-    from chatcli.errors import ModelLoadError
+    from chatcli.core.errors import ModelLoadError
 
     with pytest.raises(ModelLoadError, match="truncated"):
         read_gguf(cut)
@@ -136,7 +136,7 @@ def test_create_from_gguf_path_and_from_a_name(tiny_gguf, tmp_path):
 
 
 def test_model_messages_and_system_reach_the_engine(tiny_gguf, tmp_path):
-    from chatcli.client import with_model_system
+    from chatcli.client.local import with_model_system
 
     create("withmsgs", parse_modelfile(f"FROM {tiny_gguf}\nSYSTEM S\nMESSAGE user U0\n"
                                        "MESSAGE assistant A0\n"))
@@ -239,8 +239,8 @@ def test_repl_model_completion_offers_store_names(tiny_gguf):
     from prompt_toolkit.document import Document
     from scripted import ScriptedClient
 
-    from chatcli.repl import RegistryCompleter, ReplState, Settings
-    from chatcli.session import Session
+    from chatcli.client.session import Session
+    from chatcli.repl.loop import RegistryCompleter, ReplState, Settings
 
     create("tinycomplete", parse_modelfile(f"FROM {tiny_gguf}"))
     state = ReplState(Session(ScriptedClient(), "scripted"), Settings())

@@ -8,8 +8,8 @@ import pytest
 from conftest import DET
 
 from chatcli import chat
-from chatcli.errors import RequestError
-from chatcli.structured import StructuredOutputError, check_schema, grammar_for
+from chatcli.core.errors import RequestError
+from chatcli.engine.output.structured import StructuredOutputError, check_schema, grammar_for
 
 MODEL = "smollm2:135m"
 PERSON = {

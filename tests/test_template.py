@@ -2,8 +2,8 @@
 
 import pytest
 
-from chatcli.errors import TemplateError
-from chatcli.template import ChatTemplate
+from chatcli.core.errors import TemplateError
+from chatcli.engine.template import ChatTemplate
 
 MSGS = [{"role": "system", "content": "S"}, {"role": "user", "content": "U"}]
 

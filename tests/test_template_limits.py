@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from chatcli import template
-from chatcli.errors import ChatCliError, TemplateError
-from chatcli.template import ChatTemplate
+from chatcli.core.errors import ChatCliError, TemplateError
+from chatcli.engine import template
+from chatcli.engine.template import ChatTemplate
 
 MSGS = [{"role": "system", "content": "S"}, {"role": "user", "content": "U"}]
 REPO = Path(__file__).resolve().parent.parent
@@ -135,7 +135,7 @@ def _peak_rss_mb(source: str) -> tuple[str, float]:
     """Render in a child process; its error line and its peak RSS in MB."""
     code = textwrap.dedent(f"""
         import resource
-        from chatcli.template import ChatTemplate
+        from chatcli.engine.template import ChatTemplate
         try:
             ChatTemplate({source!r}, model_name="evil").render([{{"role": "user",
                                                                  "content": "hi"}}])

@@ -1,4 +1,4 @@
-from chatcli.textstream import StopMatcher, Utf8Stream
+from chatcli.engine.textstream import StopMatcher, Utf8Stream
 
 
 def test_utf8_holds_back_split_characters():

@@ -8,10 +8,10 @@ import time
 import jinja2
 import pytest
 
-from chatcli.errors import InvalidOptionError
-from chatcli.events import ContentDelta, ThinkingDelta, ToolCall
-from chatcli.parsing import Chain, PassThrough
-from chatcli.thinking import (
+from chatcli.core.errors import InvalidOptionError
+from chatcli.core.events import ContentDelta, ThinkingDelta, ToolCall
+from chatcli.engine.output.parsing import Chain, PassThrough
+from chatcli.engine.output.thinking import (
     ThinkingParser,
     opens_in_thinking,
     strip_thinking,

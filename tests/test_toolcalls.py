@@ -8,17 +8,17 @@ from pathlib import Path
 
 import pytest
 
-from chatcli.errors import TemplateError
-from chatcli.events import ContentDelta, ToolCall
-from chatcli.parsing import Chain, PassThrough
-from chatcli.template import CHATML_TEMPLATE, ChatTemplate
-from chatcli.toolcalls import (
+from chatcli.core.errors import TemplateError
+from chatcli.core.events import ContentDelta, ToolCall
+from chatcli.engine.output.parsing import Chain, PassThrough
+from chatcli.engine.output.toolcalls import (
     ToolCallParser,
     family_for,
     supports_tools,
     template_messages,
 )
-from chatcli.tools import normalize_tools
+from chatcli.engine.output.tools import normalize_tools
+from chatcli.engine.template import CHATML_TEMPLATE, ChatTemplate
 
 TEMPLATES = Path(__file__).parent / "templates"
 QWEN3 = (TEMPLATES / "qwen3.jinja").read_text()
@@ -180,7 +180,7 @@ def test_template_messages_mapping():
 def test_renders_through_the_engine_with_a_tiny_gguf(tmp_path):
     from tiny_gguf import write_tiny_llama
 
-    from chatcli.engine import Engine
+    from chatcli.engine.decode import Engine
 
     path = write_tiny_llama(tmp_path / "q.gguf", chat_template=QWEN3)
     engine = Engine(path, options={"num_ctx": 256})

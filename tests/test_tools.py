@@ -7,8 +7,8 @@ from typing import Literal, Optional, Union
 
 import pytest
 
-from chatcli.errors import RequestError
-from chatcli.tools import normalize_tools, tool_names
+from chatcli.core.errors import RequestError
+from chatcli.engine.output.tools import normalize_tools, tool_names
 
 
 def get_weather(

@@ -25,9 +25,9 @@ SCRIPT = '''
 import sys, time
 sys.path.insert(0, sys.argv[1])
 from scripted import ScriptedClient
-from chatcli.events import ContentDelta, Done, Metrics
-from chatcli.repl import ReplState, Settings, run_repl
-from chatcli.session import Session
+from chatcli.core.events import ContentDelta, Done, Metrics
+from chatcli.repl.loop import ReplState, Settings, run_repl
+from chatcli.client.session import Session
 
 MARK = sys.argv[2]
 

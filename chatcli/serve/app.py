@@ -10,9 +10,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from . import ollama_api, openai_api
-from .http import error_body, message_for, status_for
-from .middleware import BodyLimit, HostCheck, OriginCheck, origin_regex
+from chatcli.serve import ollama_api, openai_api
+from chatcli.serve.http import error_body, message_for, status_for
+from chatcli.serve.middleware import BodyLimit, HostCheck, OriginCheck, origin_regex
 
 BANNER = "chatcli is running"
 

@@ -15,12 +15,12 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from ..errors import ChatCliError
-from ..gguf import GGUFInfo, read_gguf
-from ..modelinfo import capabilities, human_count, quantization
-from ..models import ResolvedModel, resolve
-from ..store import CHUNK
-from .http import reference
+from chatcli.core.errors import ChatCliError
+from chatcli.models.gguf import GGUFInfo, read_gguf
+from chatcli.models.modelinfo import capabilities, human_count, quantization
+from chatcli.models.resolve import ResolvedModel, resolve
+from chatcli.models.store import CHUNK
+from chatcli.serve.http import reference
 
 # What Ollama's /api/ps shows for a model kept loaded forever: now plus Go's longest duration.
 FOREVER = timedelta(seconds=(2**63 - 1) / 1e9)
@@ -128,7 +128,7 @@ def expires_at(expires: float | None) -> str:
 def tags() -> list[dict[str, Any]]:
     """/api/tags: every model chatcli can run (its store, the bundled model, Ollama's store),
     newest first as in Ollama, each with its capabilities and training context length."""
-    from ..catalog import entries
+    from chatcli.models.catalog import entries
 
     found = []
     for entry in entries():
@@ -159,8 +159,8 @@ def _context_length(info: GGUFInfo) -> int:
 def show(resolved: ResolvedModel) -> dict[str, Any]:
     """/api/show: the model's Modelfile, parameters, template, system prompt, license,
     details, header metadata and capabilities."""
-    from ..modelfile import render_modelfile
-    from ..template import CHATML_TEMPLATE
+    from chatcli.engine.template import CHATML_TEMPLATE
+    from chatcli.models.modelfile import render_modelfile
 
     info = header(resolved.path)
     return {
@@ -184,8 +184,8 @@ def _modelfile(text: str, resolved: ResolvedModel) -> str:
 
 def modified(resolved: ResolvedModel) -> float:
     """When the model's name was last written (its manifest), else its file's mtime."""
-    from ..names import parse_name
-    from ..store import local_store, ollama_store
+    from chatcli.core.names import parse_name
+    from chatcli.models.store import local_store, ollama_store
 
     store = {"chatcli": local_store, "ollama": ollama_store}.get(resolved.source, lambda: None)()
     if store is not None:
@@ -199,7 +199,7 @@ def running() -> list[dict[str, Any]]:
     """/api/ps: the models loaded in this process and when each one will be unloaded, the one
     that stays longest first (Ollama's order). ``size`` is the memory in use: the weights
     plus the context's KV cache and compute buffers."""
-    from ..loaded import CACHE
+    from chatcli.engine.loaded import CACHE
 
     out = []
     for entry in sorted(CACHE.loaded(), key=_staying, reverse=True):

@@ -18,8 +18,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
 from starlette.types import Send
 
-from .. import textclean
-from ..errors import ChatCliError, ModelLoadError, ModelNotFoundError
+from chatcli.core import textclean
+from chatcli.core.errors import ChatCliError, ModelLoadError, ModelNotFoundError
 
 log = logging.getLogger("chatcli.serve")
 
@@ -65,8 +65,8 @@ def redact(text: str) -> str:
     store), ``<ollama-models>``, ``<bundled>`` (the bundled model's directory) and ``~`` (the
     home directory), so that an error about a bad model file tells the client which file, not
     where the store is or whose account runs the server."""
-    from ..models import bundled_model_path
-    from ..paths import models_dir
+    from chatcli.core.paths import models_dir
+    from chatcli.models.resolve import bundled_model_path
 
     ollama = os.environ.get("OLLAMA_MODELS")
     bundled = bundled_model_path()
@@ -189,7 +189,7 @@ def reference(name: str) -> str:
     The server serves names only: a request must not make it open files, so anything that
     looks like a path is refused (400) rather than resolved.
     """
-    from ..names import looks_like_path, parse_name
+    from chatcli.core.names import looks_like_path, parse_name
 
     text = name.strip()
     if looks_like_path(text) or "\\" in text:

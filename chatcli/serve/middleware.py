@@ -11,7 +11,7 @@ import socket
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .http import HTTPError, error_body
+from chatcli.serve.http import HTTPError, error_body
 
 BODY_LIMIT = 8 << 20  # JSON requests: far more than any chat needs
 BLOB_LIMIT = 64 << 30  # /api/blobs uploads are model weights (GGUF files of many GB)

@@ -24,16 +24,16 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from .. import __version__
-from .. import options as opts_mod
-from ..api import normalize_messages
-from ..errors import ModelNotFoundError, NotSupportedError, RequestError
-from ..events import ContentDelta, Done, Event, ThinkingDelta, ToolCall
-from ..keepalive import parse_keep_alive
-from ..models import resolve
-from ..names import parse_digest, parse_name
-from . import facts, runner
-from .http import (
+from chatcli import __version__
+from chatcli.api import normalize_messages
+from chatcli.core import options as opts_mod
+from chatcli.core.errors import ModelNotFoundError, NotSupportedError, RequestError
+from chatcli.core.events import ContentDelta, Done, Event, ThinkingDelta, ToolCall
+from chatcli.core.keepalive import parse_keep_alive
+from chatcli.core.names import parse_digest, parse_name
+from chatcli.models.resolve import resolve
+from chatcli.serve import facts, runner
+from chatcli.serve.http import (
     HTTPError,
     NDJSONResponse,
     error_line,
@@ -125,7 +125,7 @@ def _images(value: Any, where: str) -> list[bytes]:
     """Base64 images, decoded here: a request's strings are never read as file paths."""
     if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
         raise HTTPError(400, f"{where}: images must be a list of base64 strings")
-    from ..images import decode_base64_image
+    from chatcli.core.images import decode_base64_image
 
     try:
         return [decode_base64_image(text) for text in value]
@@ -447,7 +447,7 @@ async def _embed(run: Callable[..., Any], name: str, inputs: list[str],
 @endpoint
 async def embed(request: Request) -> Response:
     """POST /api/embed: one unit vector per input text, from any model."""
-    from ..embedding import embed as run
+    from chatcli.engine.embedding import embed as run
 
     body = await read_json(request)
     name = _name_field(body)
@@ -470,7 +470,7 @@ async def embed(request: Request) -> Response:
 async def embeddings(request: Request) -> Response:
     """POST /api/embeddings: the older, one-prompt form of /api/embed. As in Ollama, the
     vector is the model's pooled one, not normalised."""
-    from ..embedding import pool
+    from chatcli.engine.embedding import pool
 
     body = await read_json(request)
     name = _name_field(body)
@@ -522,7 +522,7 @@ class _PullStopped(Exception):
 @endpoint
 async def pull(request: Request) -> Response:
     """POST /api/pull: download a model, streaming Ollama's progress objects."""
-    from ..pull import pull as do_pull
+    from chatcli.models.pull import pull as do_pull
 
     body = await read_json(request)
     name = _name_field(body)
@@ -588,7 +588,7 @@ async def pull(request: Request) -> Response:
 def _pull_error(error: BaseException) -> BaseException:
     """A failed pull (unknown model, unreachable registry, bad data) is a 500 with its
     message, as Ollama answers (a 404 would also read as "no such endpoint")."""
-    from ..pull import PullError
+    from chatcli.models.pull import PullError
 
     if isinstance(error, PullError):
         return HTTPError(500, str(error))
@@ -602,7 +602,7 @@ async def push(request: Request) -> Response:
 
 def _locate(name: str):
     """The store that holds ``name`` (chatcli's first), with its parsed name and manifest."""
-    from ..store import local_store, ollama_store
+    from chatcli.models.store import local_store, ollama_store
 
     parsed = parse_name(reference(name))
     for store in (local_store(), ollama_store()):
@@ -614,8 +614,8 @@ def _locate(name: str):
 
 
 def _delete(name: str) -> None:
-    from ..loaded import CACHE
-    from ..models import BUNDLED_NAMES
+    from chatcli.engine.loaded import CACHE
+    from chatcli.models.resolve import BUNDLED_NAMES
 
     store, parsed, _ = _locate(name)
     if store is None:
@@ -641,9 +641,9 @@ async def delete(request: Request) -> Response:
 
 
 def _copy(source: str, destination: str) -> None:
-    from ..modelfile import Modelfile
-    from ..modelfile import create as do_create
-    from ..store import local_store
+    from chatcli.models.modelfile import Modelfile
+    from chatcli.models.modelfile import create as do_create
+    from chatcli.models.store import local_store
 
     store, parsed, _ = _locate(source)
     target = parse_name(reference(destination))
@@ -667,10 +667,10 @@ async def copy(request: Request) -> Response:
 
 def _create(name: str, body: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Register the model a /api/create body describes; returns the statuses to report."""
-    from ..conversation import ROLES
-    from ..modelfile import Modelfile
-    from ..modelfile import create as do_create
-    from ..store import local_store
+    from chatcli.client.conversation import ROLES
+    from chatcli.models.modelfile import Modelfile
+    from chatcli.models.modelfile import create as do_create
+    from chatcli.models.store import local_store
 
     if field(body, "quantize", str):
         raise NotSupportedError("quantize is not supported: create from a GGUF file that is "
@@ -764,7 +764,7 @@ def _digest(request: Request) -> str:
 @endpoint
 async def blob_exists(request: Request) -> Response:
     """HEAD /api/blobs/sha256:<hex>: 200 if chatcli's store has the blob, else 404."""
-    from ..store import local_store
+    from chatcli.models.store import local_store
 
     found = local_store().has_blob(_digest(request))
     return Response(status_code=200 if found else 404)
@@ -774,7 +774,7 @@ async def blob_exists(request: Request) -> Response:
 async def blob_upload(request: Request) -> Response:
     """POST /api/blobs/sha256:<hex>: store the body as a blob, checking its sha256 as it
     streams in (201; 400 if the body does not match the digest)."""
-    from ..store import local_store
+    from chatcli.models.store import local_store
 
     digest = _digest(request)
     store = local_store()

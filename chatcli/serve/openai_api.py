@@ -23,12 +23,19 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from .. import options as opts_mod
-from ..api import normalize_messages
-from ..errors import ChatCliError, ModelNotFoundError, RequestError
-from ..events import ContentDelta, Done, Event, ThinkingDelta, ToolCall
-from . import runner
-from .http import message_for, model_field, openai_error, read_json, reference, status_for
+from chatcli.api import normalize_messages
+from chatcli.core import options as opts_mod
+from chatcli.core.errors import ChatCliError, ModelNotFoundError, RequestError
+from chatcli.core.events import ContentDelta, Done, Event, ThinkingDelta, ToolCall
+from chatcli.serve import runner
+from chatcli.serve.http import (
+    message_for,
+    model_field,
+    openai_error,
+    read_json,
+    reference,
+    status_for,
+)
 
 FINGERPRINT = "fp_chatcli"
 _EFFORTS = {"none": False, "minimal": "low", "low": "low", "medium": "medium", "high": "high"}
@@ -196,7 +203,7 @@ def _content(content: Any, i: int) -> tuple[str, list[bytes]]:
 
 def _data_url(url: Any, i: int) -> bytes:
     """An image from a ``data:`` URL; chatcli never fetches remote URLs."""
-    from ..images import decode_base64_image
+    from chatcli.core.images import decode_base64_image
 
     if not isinstance(url, str) or not url.startswith("data:"):
         raise BadRequest(f"messages[{i}]: image_url must be a data: URL "
@@ -247,7 +254,7 @@ def _tools(tools: Any, choice: Any) -> list[dict[str, Any]] | None:
         shown = choice if isinstance(choice, str) else "a named function"
         raise BadRequest(f"tool_choice {shown!r} is not supported; use 'auto' or 'none'",
                          "tool_choice")
-    from ..tools import normalize_tools
+    from chatcli.engine.output.tools import normalize_tools
 
     return normalize_tools(tools)
 
@@ -550,7 +557,7 @@ def _model_card(entry: Any) -> dict[str, Any]:
 
 async def list_models(request: Request) -> Response:
     """GET /v1/models"""
-    from .. import catalog
+    from chatcli.models import catalog
 
     entries = await asyncio.to_thread(catalog.entries)
     return JSONResponse({"object": "list", "data": [_model_card(e) for e in entries]})
@@ -558,8 +565,8 @@ async def list_models(request: Request) -> Response:
 
 async def get_model(request: Request) -> Response:
     """GET /v1/models/{model}"""
-    from .. import catalog
-    from ..names import parse_name
+    from chatcli.core.names import parse_name
+    from chatcli.models import catalog
 
     name = request.path_params["model"]
     entries = await asyncio.to_thread(catalog.entries)
@@ -579,7 +586,7 @@ async def get_model(request: Request) -> Response:
 
 async def embeddings(request: Request) -> Response:
     """POST /v1/embeddings: /api/embed's unit vectors, from any model, in OpenAI's shape."""
-    from ..embedding import embed
+    from chatcli.engine.embedding import embed
 
     body = await read_json(request)
     model = _model(body)

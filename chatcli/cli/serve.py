@@ -1,0 +1,109 @@
+"""``chat serve``: Ollama's HTTP API (and an OpenAI-compatible one) on the in-process engine."""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import os
+import socket
+import sys
+
+import typer
+
+from chatcli.cli.app import Fail, app, guarded
+
+HOST_ENV = "CHATCLI_HOST"
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 11434
+
+
+def parse_host(text: str) -> tuple[str, int]:
+    """``CHATCLI_HOST`` as Ollama reads ``OLLAMA_HOST``: ``host``, ``host:port``, ``:port``,
+    ``[::1]:port``, optionally behind ``http://``."""
+    value = text.strip()
+    for scheme in ("http://", "https://"):
+        if value.lower().startswith(scheme):
+            value = value[len(scheme):]
+    value = value.split("/", 1)[0]
+    host, port = value, ""
+    if value.startswith("["):
+        host, _, rest = value[1:].partition("]")
+        port = rest.removeprefix(":")
+    elif value.count(":") == 1:
+        host, port = value.split(":")
+    if port and not port.isdigit() or port and not 0 < int(port) < 65536:
+        raise Fail(f"{HOST_ENV}={text!r}: the port must be a number from 1 to 65535")
+    return host or DEFAULT_HOST, int(port) if port else DEFAULT_PORT
+
+
+def is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket, or a one-line Fail (port in use, unknown host, no permission)."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    except socket.gaierror as e:
+        raise Fail(f"cannot listen on {host}: {e.strerror}") from None
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+        sock.listen(128)
+    except OSError as e:
+        sock.close()
+        if e.errno == errno.EADDRINUSE:
+            raise Fail(f"port {port} on {host} is already in use (is another server running? "
+                       "choose another with --port)") from None
+        raise Fail(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    return sock
+
+
+@app.command()
+def serve(
+    host: str | None = typer.Option(None, "--host", help="Address to listen on "
+                                    "[default: 127.0.0.1, or $CHATCLI_HOST]"),
+    port: int | None = typer.Option(None, "--port", help="Port [default: 11434]"),
+    verbose: bool = typer.Option(False, "--verbose", help="Log every request."),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
+) -> None:
+    """Serve Ollama's HTTP API (/api/chat, /api/generate, ...) and an OpenAI-compatible one
+    (/v1/...) from the in-process engine, so Ollama's clients can use chatcli's models."""
+
+    def action() -> None:
+        import uvicorn
+
+        from chatcli.serve.app import build_app
+
+        env_host, env_port = parse_host(os.environ.get(HOST_ENV, "")) \
+            if os.environ.get(HOST_ENV) else (DEFAULT_HOST, DEFAULT_PORT)
+        address = host or env_host
+        number = port if port is not None else env_port
+        if not 0 <= number < 65536:
+            raise Fail(f"--port {number}: the port must be a number from 1 to 65535")
+        sock = bind(address, number)
+        number = sock.getsockname()[1]
+        shown = f"[{address}]" if ":" in address else address
+        if not is_loopback(address):
+            typer.echo(f"Warning: listening on {shown}, not loopback: anyone who can reach "
+                       "this machine can use its models", err=True)
+        typer.echo(f"chatcli is serving on http://{shown}:{number} (Ctrl+C to stop)", err=True)
+        config = uvicorn.Config(
+            build_app(), log_level="info" if verbose else "warning", access_log=verbose,
+            lifespan="off", timeout_graceful_shutdown=3, server_header=False,
+        )
+        try:
+            uvicorn.Server(config).run(sockets=[sock])
+        except KeyboardInterrupt:
+            pass  # uvicorn re-raises the Ctrl+C it shut down for; for a server it is success
+
+    code = guarded(debug, action)
+    sys.stderr.flush()
+    raise typer.Exit(code)

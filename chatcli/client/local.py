@@ -1,0 +1,92 @@
+"""Where answers come from, for the REPL: models loaded in this process.
+
+A client turns (model name, messages, options) into the engine's event stream. The REPL only
+talks to a client, so a remote server can stand in for the local engine.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+from chatcli.core.events import Done, Event
+from chatcli.engine.loaded import CACHE
+from chatcli.models.modelinfo import describe
+from chatcli.models.resolve import ResolvedModel, resolve
+
+
+def with_model_system(messages: list[dict[str, Any]], model: ResolvedModel) -> list[dict[str, Any]]:
+    """Prepend what the model brings: its MESSAGE lines, and its SYSTEM prompt unless the
+    caller gave one."""
+    has_system = any(m.get("role") == "system" for m in messages)
+    prefix = [{"role": "system", "content": model.system}] if model.system and not has_system \
+        else []
+    if model.messages:
+        system = [m for m in messages[:1] if m.get("role") == "system"]
+        rest = messages[len(system):]
+        return [*prefix, *system, *model.messages, *rest]
+    return [*prefix, *messages]
+
+
+def run_chat(entry: Any, messages: Any, options: Any, *, start: int, ready: int,
+             **request: Any) -> Iterator[Event]:
+    """One request's events from a loaded model, under its lock (answers never interleave in
+    one KV cache); the final Done gets Ollama's load_duration (time to get the model ready in
+    this request) and total_duration."""
+    with entry.lock:
+        for event in entry.engine.chat(messages, options, **request):
+            if isinstance(event, Done):
+                event.metrics.load_duration += ready - start
+                event.metrics.total_duration = time.perf_counter_ns() - start
+            yield event
+
+
+class LocalClient:
+    """Runs models in-process; they stay loaded for the life of the REPL."""
+
+    def resolve(self, name: str) -> ResolvedModel:
+        return resolve(name)
+
+    def chat(
+        self,
+        model: str,
+        messages: Sequence[Mapping[str, Any]],
+        options: Mapping[str, Any] | None = None,
+        *,
+        format: Any = None,
+        think: Any = None,
+        tools: Any = None,
+        cancel: threading.Event | None = None,
+        projector: Any = None,
+    ) -> Iterator[Event]:
+        start = time.perf_counter_ns()
+        resolved = resolve(model)
+        if projector is not None:
+            resolved.projector = projector
+        msgs = with_model_system([dict(m) for m in messages], resolved)
+        entry = CACHE.acquire(resolved, dict(options or {}))
+        try:
+            yield from run_chat(entry, msgs, options, start=start, ready=time.perf_counter_ns(),
+                                format=format, think=think, tools=tools, cancel=cancel)
+        finally:
+            CACHE.release(entry, None)
+
+    def show(self, model: str, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Model facts for /show, read from the GGUF header (nothing is loaded)."""
+        from chatcli.engine.template import CHATML_TEMPLATE
+
+        resolved = resolve(model)
+        info = describe(resolved.path, resolved.projector)
+        template = info.pop("chat_template")
+        info.update(
+            name=resolved.name,
+            path=str(resolved.path),
+            template=template or CHATML_TEMPLATE,
+            template_is_fallback=not template,
+            system=resolved.system or "",
+            license=resolved.license or info.pop("gguf_license"),
+            model_options=dict(resolved.options),
+        )
+        return info

@@ -1,0 +1,325 @@
+"""Answers from a server: ``chat run --host URL`` talks to ``chat serve`` or to Ollama.
+
+``RemoteClient`` has LocalClient's interface (``resolve``, ``chat``, ``show``), so the session,
+REPL, renderer and slash commands work unchanged while the model runs on another machine.
+It speaks Ollama's HTTP API: ``/api/chat`` streamed as NDJSON, ``/api/show`` for facts.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import socket
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from chatcli.core import options as opts_mod
+from chatcli.core.errors import ChatCliError, ModelNotFoundError, NotSupportedError, RequestError
+from chatcli.core.events import ContentDelta, Done, Event, Metrics, ThinkingDelta, ToolCall, Trimmed
+from chatcli.core.textclean import TooDeepError, loads
+from chatcli.models.resolve import ResolvedModel
+
+DEFAULT_PORT = 11434
+
+
+def host_url(text: str) -> str:
+    """A server address in OLLAMA_HOST's forms as a base URL.
+
+    ``host``, ``host:port``, ``:port``, ``http://host[:port]``, ``https://host[:port]``, with an
+    optional path: the scheme defaults to http, the host to 127.0.0.1, the port to 11434, where
+    ``chat serve`` listens for the same ``CHATCLI_HOST`` (443 for https: chatcli serves no TLS,
+    so https means a proxy in front of the server).
+    """
+    raw = text.strip()
+    scheme, sep, rest = raw.partition("://")
+    if not sep:
+        scheme, rest = "http", raw
+    scheme = scheme.lower()
+    if scheme in ("http", "https"):
+        port = DEFAULT_PORT if scheme == "http" else 443
+    else:
+        raise ChatCliError(f"invalid host {text!r}: use host:port or an http(s):// URL")
+    hostport, _, path = rest.partition("/")
+    host = hostport
+    if hostport.startswith("["):  # [::1]:8080
+        host, _, tail = hostport[1:].partition("]")
+        if tail.startswith(":"):
+            port = _port(tail[1:], text)
+    elif hostport.count(":") == 1:
+        host, _, number = hostport.partition(":")
+        port = _port(number, text)
+    host = host or "127.0.0.1"
+    shown = f"[{host}]" if ":" in host else host
+    return f"{scheme}://{shown}:{port}" + (f"/{path.rstrip('/')}" if path.strip("/") else "")
+
+
+def _port(text: str, whole: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise ChatCliError(f"invalid port in host {whole!r}")
+    return int(text)
+
+
+class RemoteClient:
+    """LocalClient's interface over an Ollama-compatible HTTP API."""
+
+    def __init__(self, base_url: str, *, connect_timeout: float = 10.0) -> None:
+        self.base_url = host_url(base_url)
+        # No read timeout: a model may take long to load, and the user can always press Ctrl+C.
+        timeout = httpx.Timeout(connect_timeout, read=None)
+        limits = httpx.Limits(max_keepalive_connections=0)  # see _Connection
+        self._http = httpx.Client(base_url=self.base_url, timeout=timeout, limits=limits,
+                                  trust_env=False)
+
+    def close(self) -> None:
+        self._http.close()
+
+    # -- the client interface --------------------------------------------------------------
+
+    def resolve(self, name: str) -> ResolvedModel:
+        """Check the server has ``name``; ModelNotFoundError naming it if not."""
+        self._show(name)
+        return ResolvedModel(name=name.strip(), path=Path(name.strip()), source="remote")
+
+    def chat(
+        self,
+        model: str,
+        messages: Sequence[Mapping[str, Any]],
+        options: Mapping[str, Any] | None = None,
+        *,
+        format: Any = None,
+        think: Any = None,
+        tools: Any = None,
+        cancel: threading.Event | None = None,
+        projector: Any = None,
+    ) -> Iterator[Event]:
+        """Stream the server's answer as chatcli events. Setting ``cancel`` closes the
+        connection, which stops the generation on the server."""
+        if projector is not None:
+            raise NotSupportedError("--mmproj works with local models only; on a server, use "
+                                    "a model that has its vision projector")
+        body: dict[str, Any] = {"model": model, "stream": True,
+                                "messages": [_wire_message(m) for m in messages]}
+        if options:
+            body["options"] = dict(options)
+        if format is not None:
+            body["format"] = format
+        if think is not None:
+            body["think"] = think
+        if tools:
+            from chatcli.engine.output.tools import normalize_tools
+
+            body["tools"] = normalize_tools(tools)
+        cancel = cancel or threading.Event()
+        connection = _Connection(cancel)
+        try:
+            with self._http.stream("POST", "/api/chat", json=body,
+                                   extensions={"trace": connection.trace}) as response:
+                if response.status_code != 200:
+                    response.read()
+                    raise self._error(response, model)
+                yield from self._events(response, cancel, len(messages))
+        except httpx.HTTPError as e:
+            if cancel.is_set():
+                yield Done(done_reason="cancelled")
+                return
+            raise self._unreachable(e) from None
+        finally:
+            connection.finished.set()
+
+    def show(self, model: str, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Model facts for /show, as LocalClient.show gives them, from /api/show."""
+        data = self._show(model)
+        info = data.get("model_info") or {}
+        details = data.get("details") or {}
+        arch = info.get("general.architecture") or details.get("family") or "unknown"
+        count = info.get("general.parameter_count")
+        template = data.get("template") or ""
+        return {
+            "architecture": arch,
+            "parameters": _human_count(count) if isinstance(count, int) and count > 0
+            else details.get("parameter_size") or "?",
+            "context length": info.get(f"{arch}.context_length", "?"),
+            "embedding length": info.get(f"{arch}.embedding_length", "?"),
+            "quantization": details.get("quantization_level") or "unknown",
+            "capabilities": list(data.get("capabilities") or ["completion"]),
+            "template": template,
+            "template_is_fallback": not template,
+            "system": data.get("system") or "",
+            "license": _text(data.get("license")),
+            "model_options": parse_parameters(data.get("parameters") or ""),
+            "name": model,
+            "path": f"remote: {self.base_url}",
+        }
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _show(self, model: str) -> dict[str, Any]:
+        try:
+            response = self._http.post("/api/show", json={"model": model.strip()})
+        except httpx.HTTPError as e:
+            raise self._unreachable(e) from None
+        if response.status_code != 200:
+            raise self._error(response, model)
+        try:
+            return response.json()
+        except ValueError:
+            raise ChatCliError(f"{self.base_url} did not answer like an Ollama server") \
+                from None
+
+    def _events(self, response: httpx.Response, cancel: threading.Event,
+                n_messages: int) -> Iterator[Event]:
+        for line in response.iter_lines():
+            if cancel.is_set():
+                break
+            if not line.strip():
+                continue
+            try:
+                obj = loads(line, "the server's answer")
+            except ValueError:
+                raise ChatCliError(f"{self.base_url} sent a line that is not JSON") from None
+            if obj.get("error"):
+                raise ChatCliError(f"the server failed while answering: {obj['error']}")
+            yield from _message_events(obj.get("message") or {})
+            if obj.get("done"):
+                trimmed = int(obj.get("trimmed") or 0)
+                if trimmed:
+                    yield Trimmed(dropped=trimmed, kept=max(0, n_messages - trimmed))
+                yield Done(done_reason=obj.get("done_reason") or "stop",
+                           metrics=_metrics(obj), trimmed=trimmed)
+                return
+        if not cancel.is_set():
+            raise ChatCliError(f"{self.base_url} ended the answer without finishing it")
+        yield Done(done_reason="cancelled")
+
+    def _error(self, response: httpx.Response, model: str) -> ChatCliError:
+        try:
+            message = str(response.json().get("error") or "")
+        except (ValueError, AttributeError):
+            message = ""
+        if response.status_code == 404:
+            return ModelNotFoundError(message or f"model '{model}' not found on "
+                                                 f"{self.base_url}")
+        if response.status_code == 400:
+            return RequestError(message or "the server refused the request (400)")
+        return ChatCliError(f"{self.base_url} answered {response.status_code}"
+                            + (f": {message}" if message else ""))
+
+    def _unreachable(self, e: httpx.HTTPError) -> ChatCliError:
+        if isinstance(e, httpx.ConnectError):
+            return ChatCliError(f"could not connect to {self.base_url}: is `chat serve` (or "
+                                "ollama) running there?")
+        if isinstance(e, httpx.TimeoutException):
+            return ChatCliError(f"{self.base_url} did not answer in time")
+        return ChatCliError(f"lost the connection to {self.base_url} ({type(e).__name__})")
+
+
+class _Connection:
+    """Hangs up one request's connection when ``cancel`` is set.
+
+    The reading thread may be blocked waiting for the server (a model loading, a long prompt
+    being read, even before the response's headers), and only shutting the socket down wakes
+    it; the server then sees the disconnect and stops generating. httpx's ``trace`` extension
+    hands over the new connection's stream; the client keeps no idle connections, so every
+    request makes a new one.
+    """
+
+    def __init__(self, cancel: threading.Event) -> None:
+        self.cancel = cancel
+        self.finished = threading.Event()
+        self._socket: socket.socket | None = None
+        threading.Thread(target=self._watch, daemon=True).start()
+
+    def trace(self, event: str, info: Mapping[str, Any]) -> None:
+        if event == "connection.connect_tcp.complete" and info.get("return_value") is not None:
+            self._socket = info["return_value"].get_extra_info("socket")
+
+    def _watch(self) -> None:
+        while not self.finished.wait(0.05):
+            if self.cancel.is_set() and self._socket is not None:
+                try:
+                    self._socket.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                return
+
+
+def _wire_message(message: Mapping[str, Any]) -> dict[str, Any]:
+    """A session message as Ollama's API takes it: images as base64, the rest as it is."""
+    from chatcli.core.images import load_image
+
+    out = {k: v for k, v in message.items() if k != "images"}
+    images = message.get("images")
+    if images:
+        out["images"] = [base64.b64encode(load_image(i)).decode("ascii") for i in images]
+    return out
+
+
+def _message_events(message: Mapping[str, Any]) -> Iterator[Event]:
+    if message.get("thinking"):
+        yield ThinkingDelta(message["thinking"])
+    if message.get("content"):
+        yield ContentDelta(message["content"])
+    for call in message.get("tool_calls") or ():
+        function = call.get("function") or {}
+        arguments = function.get("arguments")
+        if isinstance(arguments, str):
+            try:
+                arguments = loads(arguments, "the tool call's arguments")
+            except (ValueError, TooDeepError):
+                arguments = {"arguments": arguments}
+        call_id = call.get("id")
+        extra = {"id": call_id} if isinstance(call_id, str) and call_id else {}
+        yield ToolCall(name=str(function.get("name", "")), arguments=dict(arguments or {}),
+                       **extra)
+
+
+def _metrics(final: Mapping[str, Any]) -> Metrics:
+    def number(key: str) -> int:
+        value = final.get(key)
+        return int(value) if isinstance(value, (int, float)) else 0
+
+    return Metrics(total_duration=number("total_duration"),
+                   load_duration=number("load_duration"),
+                   prompt_eval_count=number("prompt_eval_count"),
+                   prompt_cached_count=number("prompt_cached_count"),
+                   prompt_eval_duration=number("prompt_eval_duration"),
+                   eval_count=number("eval_count"),
+                   eval_duration=number("eval_duration"))
+
+
+def parse_parameters(text: str) -> dict[str, Any]:
+    """/api/show's ``parameters`` text (``name value`` lines) as validated options; options
+    chatcli does not honour (num_keep, tfs_z...) are left out, as for pulled models."""
+    out: dict[str, Any] = {}
+    for line in text.splitlines():
+        name, _, value = line.strip().partition(" ")
+        value = value.strip()
+        if name not in opts_mod.SPECS or not value:
+            continue
+        try:
+            if value.startswith('"'):  # a JSON string, escapes and all
+                value = json.dumps([json.loads(value)])
+            parsed = opts_mod.parse_value(name, value)
+        except (ChatCliError, ValueError):
+            continue
+        if name == "stop":
+            out.setdefault("stop", []).extend(parsed)
+        else:
+            out[name] = parsed
+    return out
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, list):
+        return "\n\n".join(str(v) for v in value)
+    return str(value or "")
+
+
+def _human_count(n: int) -> str:
+    from chatcli.models.modelinfo import human_count
+
+    return human_count(n)

@@ -1,0 +1,3 @@
+"""The interactive front end: the loop, the slash-command registry and its commands, the
+answer display (Ctrl+C, typeahead) and the renderer.
+"""
