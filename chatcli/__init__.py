@@ -9,23 +9,18 @@ __all__ = ["chat", "embed", "ChatResponse", "EmbedResponse", "Message", "ChatCli
            "__version__"]
 
 if TYPE_CHECKING:
-    from chatcli.api import chat
+    from chatcli.api import chat, embed
     from chatcli.core.errors import ChatCliError
-    from chatcli.engine.embedding import EmbedResponse, embed
-    from chatcli.responses import ChatResponse, Message
+    from chatcli.responses import ChatResponse, EmbedResponse, Message
 
 
 def __getattr__(name: str) -> Any:
     # Lazy, so that `import chatcli` (and `chat --help`) stays instant.
-    if name == "chat":
-        from chatcli.api import chat
+    if name in ("chat", "embed"):
+        from chatcli import api
 
-        return chat
-    if name in ("embed", "EmbedResponse"):
-        from chatcli.engine import embedding
-
-        return getattr(embedding, name)
-    if name in ("ChatResponse", "Message"):
+        return getattr(api, name)
+    if name in ("ChatResponse", "EmbedResponse", "Message"):
         from chatcli import responses
 
         return getattr(responses, name)

@@ -105,3 +105,17 @@ class ChatResponse(_Subscriptable):
     eval_duration: int | None = None
     # chatcli's addition: how many old messages were dropped to fit num_ctx (final chunk).
     trimmed: int | None = None
+
+
+@dataclass
+class EmbedResponse(_Subscriptable):
+    """The ``ollama`` client's EmbedResponse: one vector per input, durations in nanoseconds.
+
+    Fields read as attributes or items (``response.embeddings``, ``response['embeddings']``).
+    """
+
+    model: str
+    embeddings: list[list[float]]
+    total_duration: int = 0
+    load_duration: int = 0
+    prompt_eval_count: int = 0

@@ -7,26 +7,47 @@ tested end to end elsewhere; this only makes the REPL's bookkeeping testable qui
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from chatcli.client.interface import ChatClient
 from chatcli.core.errors import ModelNotFoundError
-from chatcli.core.events import ContentDelta, Done, Metrics
+from chatcli.core.events import ContentDelta, Done, Event, Metrics
 from chatcli.models.resolve import ResolvedModel
 
 
-class ScriptedClient:
-    def __init__(self, replies=(), *, models=("scripted", "other")):
+class ScriptedClient(ChatClient):
+    """Subclasses the interface (as llm's MockModel does), so mypy catches any drift."""
+
+    def __init__(self, replies: Iterable[str | Exception] = (), *,
+                 models: Iterable[str] = ("scripted", "other")) -> None:
         self.replies = list(replies)
-        self.calls: list[dict] = []
+        self.calls: list[dict[str, Any]] = []
         self.models = set(models)
         self.cancel_after: int | None = None  # set cancel after N deltas
 
-    def resolve(self, name):
+    def resolve(self, name: str) -> ResolvedModel:
         if name not in self.models:
             raise ModelNotFoundError(f"model '{name}' not found")
-        return ResolvedModel(name=name, path=__file__)  # type: ignore[arg-type]
+        return ResolvedModel(name=name, path=Path(__file__))
 
-    def chat(self, model, messages, options=None, *, format=None, think=None, cancel=None):
+    def chat(
+        self,
+        model: str,
+        messages: Sequence[Mapping[str, Any]],
+        options: Mapping[str, Any] | None = None,
+        *,
+        format: Any = None,
+        think: Any = None,
+        tools: Any = None,
+        cancel: threading.Event | None = None,
+        projector: Path | None = None,
+    ) -> Iterator[Event]:
         self.calls.append({"model": model, "messages": [dict(m) for m in messages],
-                           "options": dict(options or {}), "format": format, "think": think})
+                           "options": dict(options or {}), "format": format, "think": think,
+                           "tools": tools, "projector": projector})
         reply = self.replies.pop(0) if self.replies else "ok"
         if isinstance(reply, Exception):
             raise reply
@@ -42,7 +63,7 @@ class ScriptedClient:
                                    prompt_eval_duration=2, eval_count=len(words),
                                    eval_duration=5))
 
-    def show(self, model, options=None):
+    def show(self, model: str, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
         return {"name": model, "path": "/models/x.gguf", "architecture": "llama",
                 "parameters": "1M", "context length": "512", "embedding length": "32",
                 "quantization": "F32", "capabilities": ["completion"], "license": "MIT",

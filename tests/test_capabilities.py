@@ -139,3 +139,57 @@ def test_tool_calls_come_back_in_the_seed_shape(monkeypatch, qwen3):
     assert re.fullmatch(r"call_[a-z0-9]{8}", dumped.pop("id"))  # Ollama's id form
     assert dumped == {"function": {"name": "get_weather", "arguments": {"city": "Paris"},
                                    "index": 0}}
+
+
+# -- what is shown is what a request can use -------------------------------------------------
+
+# Mentions tools (the word alone once made /api/show advertise them) but teaches no tool-call
+# syntax chatcli can parse, so a request with tools is refused.
+TOOLS_WORD_ONLY = (
+    "{% if tools %}You may use these tools: {{ tools | tojson }}\n{% endif %}"
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+TOOL = {"type": "function", "function": {"name": "f", "description": "d",
+                                         "parameters": {"type": "object", "properties": {}}}}
+
+
+def _accepted(template: str) -> set[str]:
+    """What the request planner serves for ``template``: tools, thinking."""
+    from chatcli.engine.output.plan import plan
+
+    accepted = set()
+    for capability, request in (("tools", {"tools": [TOOL]}), ("thinking", {"think": True})):
+        try:
+            plan(template, "m", [{"role": "user", "content": "hi"}], **request)
+        except NotSupportedError:
+            continue
+        accepted.add(capability)
+    return accepted
+
+
+@pytest.mark.parametrize("template", [
+    TOOLS_WORD_ONLY, R1_STYLE, None,
+    *((TEMPLATES / name).read_text() for name in ("qwen3.jinja", "llama3.1.jinja",
+                                                  "mistral-nemo.jinja")),
+], ids=["tools-word-only", "r1", "none", "qwen3", "llama3.1", "mistral-nemo"])
+def test_capabilities_shown_are_what_the_planner_accepts(tmp_path, template):
+    from chatcli.client.local import LocalClient
+    from chatcli.models.resolve import resolve
+    from chatcli.serve import facts
+
+    path = write_tiny_llama(tmp_path / "m.gguf", chat_template=template)
+    shown = LocalClient().show(str(path))["capabilities"]
+    assert facts.show(resolve(str(path)))["capabilities"] == shown  # /api/show says the same
+    assert "completion" in shown
+    assert set(shown) & {"tools", "thinking"} == _accepted(template or "")
+
+
+def test_a_template_that_only_mentions_tools_neither_shows_nor_serves_them(tmp_path):
+    from chatcli.client.local import LocalClient
+
+    path = str(write_tiny_llama(tmp_path / "w.gguf", chat_template=TOOLS_WORD_ONLY))
+
+    assert "tools" not in LocalClient().show(path)["capabilities"]
+    with pytest.raises(NotSupportedError, match="does not support tools"):
+        chat(path, [{"role": "user", "content": "hi"}], tools=[TOOL])

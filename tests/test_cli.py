@@ -1,14 +1,24 @@
 """`chat run` one-shot use, as a subprocess: exit codes, stdout, stderr."""
 
+import re
 import subprocess
 import sys
 
 CHAT = [sys.executable, "-m", "chatcli"]
+FILLER = "The cat sat on the mat and looked at the rain. " * 20  # well over 100 tokens
 
 
 def run(args, env, input=None, timeout=120):
     return subprocess.run(CHAT + args, env=env, input=input, capture_output=True, text=True,
                           timeout=timeout)
+
+
+def prompt_tokens(p) -> int:
+    """The prompt's size as --verbose reports it: how much text reached the model."""
+    assert p.returncode == 0, p.stderr
+    found = re.search(r"prompt eval count:\s+(\d+) token", p.stdout)
+    assert found, p.stdout
+    return int(found.group(1))
 
 
 def test_one_shot_prints_plain_answer(cli_env):
@@ -19,9 +29,10 @@ def test_one_shot_prints_plain_answer(cli_env):
 
 
 def test_piped_stdin_is_the_prompt(cli_env):
-    p = run(["run", "smollm2:135m"], cli_env, input="Say hello.\n")
-    assert p.returncode == 0, p.stderr
-    assert p.stdout.strip()
+    args = ["run", "smollm2:135m", "--num-predict", "1", "--verbose"]
+    short = prompt_tokens(run(args, cli_env, input="Say hello.\n"))
+    long = prompt_tokens(run(args, cli_env, input=f"{FILLER}\nSay hello.\n"))
+    assert long >= short + 100, (short, long)
 
 
 def test_unknown_model_is_one_line_and_exit_1(cli_env):
@@ -54,13 +65,23 @@ def test_prompt_is_piped_stdin_then_words():
 
 
 def test_load_then_prompt_with_pipe(cli_env, tmp_path):
+    import json
+
     conv = tmp_path / "c.json"
-    conv.write_text('{"model": "smollm2:135m", "messages": [{"role": "system", '
-                    '"content": "Be brief."}]}')
-    p = run(["run", "--load", str(conv), "--num-predict", "8", "--temperature", "0",
-             "smollm2:135m", "summarize this"], cli_env, input="Cats sleep a lot.\n")
-    assert p.returncode == 0, p.stderr
-    assert p.stdout.strip() and "\x1b" not in p.stdout
+    conv.write_text(json.dumps({"model": "smollm2:135m", "messages": [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": FILLER},
+        {"role": "assistant", "content": "Noted."},
+    ]}))
+    args = ["run", "--num-predict", "1", "--temperature", "0", "--verbose", "smollm2:135m",
+            "summarize this"]
+    fresh = run(args, cli_env, input="Cats sleep a lot.\n")
+    loaded = run([*args, "--load", str(conv)], cli_env, input="Cats sleep a lot.\n")
+    assert "\x1b" not in loaded.stdout
+    # the loaded conversation is in the prompt, before the piped text and the words
+    assert prompt_tokens(loaded) >= prompt_tokens(fresh) + 100
+    unpiped = run([*args, "--load", str(conv)], cli_env, input="")
+    assert prompt_tokens(loaded) > prompt_tokens(unpiped)
 
 
 def test_flags_and_options_reach_the_engine(cli_env):
@@ -105,7 +126,8 @@ def test_interrupted_one_shot_exits_130(cli_env):
     import time
 
     proc = subprocess.Popen(
-        CHAT + ["run", "smollm2:135m", "--num-predict", "3000", "Write a very long story."],
+        CHAT + ["run", "smollm2:135m", "--num-predict", "3000", "--verbose",
+                "Write a very long story."],
         env=cli_env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True,
     )
@@ -113,9 +135,13 @@ def test_interrupted_one_shot_exits_130(cli_env):
     assert first
     proc.send_signal(signal.SIGINT)
     t0 = time.monotonic()
-    out, err = proc.communicate(timeout=30)
+    out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
-    assert time.monotonic() - t0 < 2
+    # It stopped at the signal, not at the end of the answer: far fewer tokens than asked for
+    # (what --verbose reports) and well within what a long answer would take on a slow machine.
+    counted = re.search(r"^eval count:\s+(\d+) token", out, re.M)
+    assert counted and int(counted.group(1)) < 1000, out
+    assert time.monotonic() - t0 < 20
     assert "Traceback" not in err
 
 

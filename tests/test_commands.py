@@ -9,17 +9,19 @@ from prompt_toolkit.document import Document
 from scripted import ScriptedClient
 
 from chatcli.client.session import Session
-from chatcli.core.errors import InvalidOptionError
+from chatcli.core.errors import InvalidOptionError, RequestError
+from chatcli.core.paths import history_file
 from chatcli.repl.commands import osc52, path_candidates, strip_triple_quotes
 from chatcli.repl.loop import (
     RegistryCompleter,
     ReplState,
     Settings,
-    compose_message,
+    _make_history,
     multiline_open,
     one_iteration,
 )
 from chatcli.repl.registry import CommandError, CommandNotFound
+from chatcli.repl.state import compose_message
 
 
 class Recorder:
@@ -91,6 +93,21 @@ def test_display_settings(state):
         assert getattr(state.settings, attr) is value
 
 
+def test_nohistory_stops_writing_the_history_file():
+    # The real settings_changed and the real history file: what /set nohistory promises is
+    # that nothing typed afterwards reaches the disk.
+    state = ReplState(Session(ScriptedClient(), "scripted"), Settings(), stdout=io.StringIO())
+    state.history = history = _make_history(state.settings.history)
+    history.append_string("before")
+    one_iteration(state, "/set nohistory")
+    history.append_string("secret")
+    one_iteration(state, "/set history")
+    history.append_string("after")
+    written = history_file().read_text()
+    assert "before" in written and "after" in written
+    assert "secret" not in written
+
+
 def test_format_and_think(state, tmp_path):
     run(state, "/set format json")
     assert state.session.format == "json"
@@ -100,8 +117,9 @@ def test_format_and_think(state, tmp_path):
     assert state.session.format == {"type": "object"}
     run(state, "/set noformat")
     assert state.session.format is None
-    with pytest.raises(CommandError):
+    with pytest.raises(RequestError, match="no such file"):
         run(state, f"/set format {tmp_path / 'missing.json'}")
+    assert state.session.format is None  # a bad file leaves the format as it was
     run(state, "/set nothink")
     assert state.session.think is False
 

@@ -191,7 +191,9 @@ def test_cancel_during_long_prompt_eval_is_prompt(bundled_path):
         elapsed = time.perf_counter() - t0
         assert events[-1].done_reason == "cancelled"
         assert events[-1].metrics.eval_count == 0
-        assert elapsed < 0.25 + 0.05 + 0.5  # well under one full 3000-token batch on 2 cores
+        # Generous for a loaded machine, yet well under one full 3000-token batch on 2 cores
+        # (~15 s); the C-side poll is what makes it prompt.
+        assert elapsed < 5
         # The cache record is still truthful: the next turn answers normally.
         events = list(eng.chat([{"role": "user", "content": "Say hi."}],
                                {**DET, "num_ctx": 4096, "num_batch": 4096, "num_predict": 8}))
@@ -265,7 +267,7 @@ def test_cancel_flag_is_polled_from_c_during_prompt_eval(bundled_path):
         events = list(eng.chat([{"role": "user", "content": long_msg}],
                                {**DET, "num_ctx": 4096, "num_batch": 4096}, cancel=flag))
         assert events[-1].done_reason == "cancelled"
-        assert time.perf_counter() - t0 < 0.8  # a full 3,000-token batch takes ~15 s here
+        assert time.perf_counter() - t0 < 5  # a full 3,000-token batch takes ~15 s on 2 cores
         flag.clear()
         assert not flag.is_set()
     finally:

@@ -14,11 +14,11 @@ import zlib
 import pytest
 
 from chatcli import chat
+from chatcli.client.inputs import find_images
 from chatcli.core.errors import NotSupportedError, RequestError
 from chatcli.core.images import load_image
 from chatcli.engine.decode import Engine
 from chatcli.engine.vision import MARKER
-from chatcli.repl.loop import find_images
 
 
 def png(w: int = 4, h: int = 4) -> bytes:
@@ -67,6 +67,27 @@ def test_markers_go_before_the_text(tiny_gguf, tmp_path):
         assert messages == [{"role": "user", "content": MARKER * 2 + "\nwhat?"}]
     finally:
         eng.close()
+
+
+def test_a_different_projector_gets_an_engine_of_its_own(tiny_gguf, tmp_path):
+    from chatcli.engine.loaded import CACHE
+    from chatcli.models.resolve import ResolvedModel
+
+    first_mmproj, second_mmproj = tmp_path / "first-mmproj.gguf", tmp_path / "second-mmproj.gguf"
+    entries = [CACHE.acquire(ResolvedModel("tiny", tiny_gguf, projector=projector), {})
+               for projector in (first_mmproj, second_mmproj, None, first_mmproj)]
+    try:
+        first, second, plain, again = entries
+        assert first.engine.projector == first_mmproj
+        assert second.engine.projector == second_mmproj  # not silently the first one's
+        assert plain.engine.projector is None
+        assert again is first and len({id(first), id(second), id(plain)}) == 3
+        with pytest.raises(AttributeError):  # an engine's projector is never swapped under it
+            first.engine.projector = second_mmproj
+    finally:
+        for entry in entries:
+            CACHE.release(entry, 0)
+    assert not [e for e in CACHE.loaded() if e.model.path == tiny_gguf]
 
 
 def test_a_file_that_is_not_a_projector_is_refused_by_mtmd(tiny_gguf, tmp_path):

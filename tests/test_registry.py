@@ -23,13 +23,17 @@ def test_register_dispatch_and_aliases():
         reg.command("/e", "/e", "dup")(echo)
 
 
-def test_help_lists_every_visible_command_from_the_registry():
+EXPECTED = ["/set", "/show", "/save", "/load", "/clear", "/retry", "/undo", "/read", "/copy",
+            "/model", "/bye", "/help"]
+
+
+def test_help_lists_the_commands_in_order_with_their_aliases():
     text = REGISTRY.help_text()
-    for cmd in REGISTRY:
-        assert cmd.syntax in text and cmd.help in text
-    for name in ["/set", "/show", "/save", "/load", "/clear", "/retry", "/undo", "/read",
-                 "/copy", "/model", "/bye", "/exit", "/help", "/?"]:
-        assert name in REGISTRY.all_names()
+    rows = [line.split() for line in text.splitlines() if line.startswith("  /")]
+    assert [row[0] for row in rows] == EXPECTED
+    assert "(also /exit)" in text and "(also /?)" in text
+    assert "/set SETTING [VALUE]  change the system prompt" in text
+    assert sorted(REGISTRY.all_names()) == sorted([*EXPECTED, "/exit", "/?"])
 
 
 def test_help_for_one_command_shows_subcommands():
@@ -39,12 +43,32 @@ def test_help_for_one_command_shows_subcommands():
         REGISTRY.help_text("/nonsense")
 
 
-def test_readme_documents_every_command():
+def readme_command_rows() -> dict[str, set[str]]:
+    """README's "Slash commands" table: each command word, with the words after it in the
+    first column (sub-commands, alternatives split at \\|)."""
+    import re
     from pathlib import Path
 
     readme = (Path(__file__).parent.parent / "README.md").read_text()
+    table = readme.split("### Slash commands", 1)[1].split("\n\n", 2)[1]
+    rows: dict[str, set[str]] = {}
+    for line in table.splitlines()[2:]:
+        first = line.split(" | ")[0].removeprefix("| ")
+        for span in re.findall(r"`([^`]+)`", first):
+            name, _, rest = span.partition(" ")
+            words = rows.setdefault(name, set())
+            words.update(w for w in re.split(r"[\s|\\\[\]]+", rest) if w)
+    return rows
+
+
+def test_readme_table_has_a_row_for_every_command_and_subcommand():
+    rows = readme_command_rows()
     for cmd in REGISTRY:
+        if cmd.hidden:
+            continue
         for name in cmd.names:
-            assert f"`{name}" in readme, f"{name} is missing from README.md"
+            assert name in rows, f"README's slash-command table has no row for {name}"
         for sub in cmd.subcommands:
-            assert sub in readme, f"{cmd.name} {sub} is missing from README.md"
+            assert sub in rows[cmd.name], f"README's table lacks {cmd.name} {sub}"
+    # ...and documents nothing that is not a command
+    assert set(rows) == set(REGISTRY.all_names())

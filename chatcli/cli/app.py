@@ -6,11 +6,16 @@ Heavy modules (llama_cpp, rich.markdown, prompt_toolkit) are imported inside the
 
 from __future__ import annotations
 
-import os
 import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import typer
+
+from chatcli.cli import info, models, serve
+from chatcli.cli.guard import Fail, guarded
 
 app = typer.Typer(
     name="chat",
@@ -51,18 +56,33 @@ def _root(
     """Chat with local models in your terminal (llama.cpp in-process, no server)."""
 
 
-class Fail(Exception):
-    """A usage error found by the CLI itself."""
+@dataclass(frozen=True)
+class RunOptions:
+    """What ``chat run`` was asked to do, as its flags said it."""
+
+    model: str | None = None
+    words: tuple[str, ...] = ()  # the PROMPT words
+    system: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)  # engine options, validated
+    format: str | None = None  # "json" or a JSON-schema file
+    think: bool | None = None
+    hidethinking: bool = False
+    verbose: bool = False
+    nowordwrap: bool = False
+    plain: bool = False
+    load: Path | None = None
+    mmproj: Path | None = None
+    host: str | None = None
 
 
 def _options(
     temperature: float | None, num_ctx: int | None, seed: int | None, num_predict: int | None,
     option: list[str],
-) -> dict:
+) -> dict[str, Any]:
     from chatcli.core import options as opts_mod
 
     pairs = [opts_mod.parse_assignment(o) for o in option]
-    out: dict = {}
+    out: dict[str, Any] = {}
     for name, value in pairs:
         if name == "stop":
             out.setdefault("stop", []).extend(value)
@@ -116,111 +136,77 @@ def run(
     ),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks and llama.cpp logs."),
 ) -> None:
-    code = guarded(debug, lambda: _run(
-        model, prompt or [], system,
-        _options(temperature, num_ctx, seed, num_predict, option),
-        format, think, hidethinking, verbose, nowordwrap, plain, load, mmproj, host,
-    ))
-    raise typer.Exit(code)
+    def action() -> int:
+        return _run(RunOptions(
+            model=model, words=tuple(prompt or ()), system=system,
+            options=_options(temperature, num_ctx, seed, num_predict, option),
+            format=format, think=think, hidethinking=hidethinking, verbose=verbose,
+            nowordwrap=nowordwrap, plain=plain, load=load, mmproj=mmproj, host=host,
+        ))
+
+    raise typer.Exit(guarded(debug, action))
 
 
-def guarded(debug: bool, action) -> int:
-    """Run a command's body: errors become one line and exit 1 (a traceback only with
-    --debug); Ctrl+C exits 130; a closed pipe exits quietly."""
-    from chatcli.core.errors import ChatCliError
-
-    if debug:
-        os.environ["CHATCLI_DEBUG"] = "1"
-    try:
-        return action() or 0
-    except (ChatCliError, Fail) as e:
-        if debug:
-            raise
-        typer.echo(f"Error: {e}", err=True)
-        raise typer.Exit(1) from None
-    except BrokenPipeError:
-        _silence_stdout()
-        raise typer.Exit(0) from None
-    except KeyboardInterrupt:
-        raise typer.Exit(130) from None
-    except Exception as e:  # never a traceback for the user; --debug shows it
-        if debug:
-            raise
-        typer.echo(f"Error: unexpected {type(e).__name__}: {e} (--debug shows details)", err=True)
-        raise typer.Exit(1) from None
-
-
-def _silence_stdout() -> None:
-    # The reader went away (`| head -1`): point stdout at /dev/null so that the interpreter's
-    # final flush does not complain, and exit quietly.
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
-
-
-def _run(model_arg, words, system, options, format_arg, think, hidethinking, verbose,
-         nowordwrap, plain, load, mmproj, host=None) -> int:
+def _run(opts: RunOptions) -> int:
     from chatcli.client.conversation import load as load_conversation
+    from chatcli.client.inputs import find_images, load_format
+    from chatcli.client.interface import ChatClient
     from chatcli.client.local import LocalClient
     from chatcli.client.session import Session
     from chatcli.core.config import default_model
-    from chatcli.repl.commands import load_format
     from chatcli.repl.loop import ReplState, Settings, run_repl
-    from chatcli.repl.registry import CommandError
 
-    interactive = not words and sys.stdin.isatty() and sys.stdout.isatty()
-    conv = load_conversation(load) if load else None
-    model = model_arg or (conv.model if conv and conv.model else None) or default_model()
-    try:
-        fmt = load_format(format_arg) if format_arg else None
-    except CommandError as e:
-        raise Fail(str(e)) from None
-    if host and mmproj is not None:
+    interactive = not opts.words and sys.stdin.isatty() and sys.stdout.isatty()
+    conv = load_conversation(opts.load) if opts.load else None
+    model = opts.model or (conv.model if conv and conv.model else None) or default_model()
+    fmt = load_format(opts.format) if opts.format else None
+    if opts.host and opts.mmproj is not None:
         raise Fail("--mmproj needs a local model; it cannot be used with --host")
-    if host:
+    client: ChatClient
+    if opts.host:
         from chatcli.client.remote import RemoteClient
 
-        client = RemoteClient(host)
+        client = RemoteClient(opts.host)
     else:
         client = LocalClient()
     session = Session(client, model)
     if conv:
         session.apply(conv)
         session.model = model
-    session.options.update(options)
-    if system is not None:
-        session.set_system(system)
+    session.options.update(opts.options)
+    if opts.system is not None:
+        session.set_system(opts.system)
     if fmt is not None:
         session.format = fmt
-    if think is not None:
-        session.think = think
-    if mmproj is not None:
-        if not mmproj.is_file():
-            raise Fail(f"no such projector file: {mmproj}")
-        session.projector = mmproj.resolve()
+    if opts.think is not None:
+        session.think = opts.think
+    if opts.mmproj is not None:
+        if not opts.mmproj.is_file():
+            raise Fail(f"no such projector file: {opts.mmproj}")
+        session.projector = opts.mmproj.resolve()
     session.switch_model(model)  # fail now, with the model's name, if it does not exist
-    settings = Settings(verbose=verbose, markdown=not plain, wordwrap=not nowordwrap,
-                        hide_thinking=hidethinking)
+    settings = Settings(verbose=opts.verbose, markdown=not opts.plain,
+                        wordwrap=not opts.nowordwrap, hide_thinking=opts.hidethinking)
     state = ReplState(session, settings)
     if interactive:
         run_repl(state)
         return 0
-    text = _one_shot_prompt(_read_stdin(), words)
+    text = _one_shot_prompt(_read_stdin(), opts.words)
     if not text:
         raise Fail("no prompt: give one (chat run MODEL PROMPT) or pipe text on stdin; "
                    "the interactive REPL needs a terminal on stdin and stdout")
 
     from chatcli.engine.cancel import CancelFlag
     from chatcli.repl.answer import stream_answer
-    from chatcli.repl.loop import find_images
 
     text, images = find_images(text)
     cancel = CancelFlag()
     outcome = stream_answer(session.ask(text, cancel, images=images), state.out, cancel,
-                            verbose=verbose, fence=state.fence())
+                            verbose=opts.verbose, fence=state.fence())
     return 130 if outcome.cancelled else 0
 
 
-def _one_shot_prompt(piped: str, words: list[str]) -> str:
+def _one_shot_prompt(piped: str, words: Sequence[str]) -> str:
     """Piped stdin first, then the PROMPT words."""
     prompt = " ".join(words).strip()
     piped = piped.strip("\n")
@@ -229,9 +215,9 @@ def _one_shot_prompt(piped: str, words: list[str]) -> str:
     return piped.strip() and piped or prompt
 
 
-from chatcli.cli import info as _info  # noqa: E402,F401  (registers info)
-from chatcli.cli import models as _models  # noqa: E402,F401  (registers pull, list, show, rm, cp, create)
-from chatcli.cli import serve as _serve  # noqa: E402,F401  (registers serve)
+info.register(app)
+models.register(app)
+serve.register(app)
 
 
 def main() -> None:

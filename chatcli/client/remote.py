@@ -17,53 +17,16 @@ from typing import Any
 
 import httpx
 
+from chatcli.client.interface import ChatClient
 from chatcli.core import options as opts_mod
 from chatcli.core.errors import ChatCliError, ModelNotFoundError, NotSupportedError, RequestError
 from chatcli.core.events import ContentDelta, Done, Event, Metrics, ThinkingDelta, ToolCall, Trimmed
+from chatcli.core.hosts import host_url
 from chatcli.core.textclean import TooDeepError, loads
 from chatcli.models.resolve import ResolvedModel
 
-DEFAULT_PORT = 11434
 
-
-def host_url(text: str) -> str:
-    """A server address in OLLAMA_HOST's forms as a base URL.
-
-    ``host``, ``host:port``, ``:port``, ``http://host[:port]``, ``https://host[:port]``, with an
-    optional path: the scheme defaults to http, the host to 127.0.0.1, the port to 11434, where
-    ``chat serve`` listens for the same ``CHATCLI_HOST`` (443 for https: chatcli serves no TLS,
-    so https means a proxy in front of the server).
-    """
-    raw = text.strip()
-    scheme, sep, rest = raw.partition("://")
-    if not sep:
-        scheme, rest = "http", raw
-    scheme = scheme.lower()
-    if scheme in ("http", "https"):
-        port = DEFAULT_PORT if scheme == "http" else 443
-    else:
-        raise ChatCliError(f"invalid host {text!r}: use host:port or an http(s):// URL")
-    hostport, _, path = rest.partition("/")
-    host = hostport
-    if hostport.startswith("["):  # [::1]:8080
-        host, _, tail = hostport[1:].partition("]")
-        if tail.startswith(":"):
-            port = _port(tail[1:], text)
-    elif hostport.count(":") == 1:
-        host, _, number = hostport.partition(":")
-        port = _port(number, text)
-    host = host or "127.0.0.1"
-    shown = f"[{host}]" if ":" in host else host
-    return f"{scheme}://{shown}:{port}" + (f"/{path.rstrip('/')}" if path.strip("/") else "")
-
-
-def _port(text: str, whole: str) -> int:
-    if not text.isdigit() or not 0 < int(text) < 65536:
-        raise ChatCliError(f"invalid port in host {whole!r}")
-    return int(text)
-
-
-class RemoteClient:
+class RemoteClient(ChatClient):
     """LocalClient's interface over an Ollama-compatible HTTP API."""
 
     def __init__(self, base_url: str, *, connect_timeout: float = 10.0) -> None:
@@ -94,7 +57,7 @@ class RemoteClient:
         think: Any = None,
         tools: Any = None,
         cancel: threading.Event | None = None,
-        projector: Any = None,
+        projector: Path | None = None,
     ) -> Iterator[Event]:
         """Stream the server's answer as chatcli events. Setting ``cancel`` closes the
         connection, which stops the generation on the server."""

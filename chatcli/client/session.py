@@ -10,21 +10,23 @@ follow each other.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
 from chatcli.client import conversation
+from chatcli.client.accumulate import Accumulator
+from chatcli.client.interface import ChatClient
 from chatcli.core import options as opts_mod
 from chatcli.core.errors import RequestError
-from chatcli.core.events import ContentDelta, Done, Event, ThinkingDelta, ToolCall
+from chatcli.core.events import Done, Event
 from chatcli.core.textclean import clean_text
 
 
 class Session:
     def __init__(
         self,
-        client: Any,
+        client: ChatClient,
         model: str,
         *,
         system: str | None = None,
@@ -65,7 +67,7 @@ class Session:
 
     def ask(
         self, text: str, cancel: threading.Event | None = None, images: list[Any] | None = None
-    ) -> Iterator[Event]:
+    ) -> Generator[Event, None, None]:
         """Send a user message (with optional images) and stream the answer's events."""
         # Typed, piped or given as an argument, text may hold lone surrogates (undecodable
         # bytes smuggled in by surrogateescape): they become U+FFFD here, once for every front end.
@@ -75,7 +77,7 @@ class Session:
         self.messages.append(message)
         return self._answer(cancel)
 
-    def retry(self, cancel: threading.Event | None = None) -> Iterator[Event]:
+    def retry(self, cancel: threading.Event | None = None) -> Generator[Event, None, None]:
         """Answer the last user message again (dropping the previous answer)."""
         if self.messages and self.messages[-1]["role"] == "assistant":
             self.messages.pop()
@@ -104,10 +106,8 @@ class Session:
                 return m["content"]
         return None
 
-    def _answer(self, cancel: threading.Event | None) -> Iterator[Event]:
-        content: list[str] = []
-        thinking: list[str] = []
-        calls: list[dict[str, Any]] = []
+    def _answer(self, cancel: threading.Event | None) -> Generator[Event, None, None]:
+        answer = Accumulator()
         self.last_done = None
         try:
             extra = {"projector": self.projector} if self.projector else {}
@@ -115,24 +115,12 @@ class Session:
                 self.model, self.messages, self.options,
                 format=self.format, think=self.think, cancel=cancel, **extra,
             ):
-                if isinstance(event, ContentDelta):
-                    content.append(event.text)
-                elif isinstance(event, ThinkingDelta):
-                    thinking.append(event.text)
-                elif isinstance(event, ToolCall):
-                    calls.append({"function": {"name": event.name,
-                                               "arguments": event.arguments}})
-                elif isinstance(event, Done):
-                    self.last_done = event
+                answer.add(event)
+                self.last_done = answer.done
                 yield event
         finally:
-            answer = "".join(content)
-            if answer or thinking or calls:
-                message: dict[str, Any] = {"role": "assistant", "content": answer}
-                if thinking:
-                    message["thinking"] = "".join(thinking)
-                if calls:
-                    message["tool_calls"] = calls
+            message = answer.message()
+            if message is not None:
                 self.messages.append(message)
             elif self.messages and self.messages[-1]["role"] == "user":
                 self.messages.pop()

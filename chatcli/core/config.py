@@ -11,8 +11,8 @@ import json
 import os
 from typing import Any
 
+from chatcli.core.names import DEFAULT_MODEL
 from chatcli.core.paths import config_dir
-from chatcli.models.resolve import DEFAULT_MODEL
 
 
 def load_config() -> dict[str, Any]:

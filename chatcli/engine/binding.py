@@ -1,8 +1,10 @@
-"""The one module that talks to llama-cpp-python to load things.
+"""The one module that imports llama-cpp-python.
 
 It checks a file is a GGUF before handing it to llama.cpp, keeps llama.cpp's log quiet, and
-builds the model and context objects the engine drives with its own decode loop. ``llama_cpp``
-is imported here, lazily, so that ``chat --help`` never pays for it.
+builds the objects the engine drives with its own decode loop: models, contexts (for chat and
+for embeddings), batches, samplers, the multimodal library. ``llama_cpp`` is imported here,
+lazily, so that ``chat --help`` never pays for it; the rest of the engine reaches llama.cpp's
+C functions through ``llama()``.
 """
 
 from __future__ import annotations
@@ -47,6 +49,57 @@ def check_gguf(path: Path) -> None:
 
 def gpu_offload_supported() -> bool:
     return bool(llama().llama_supports_gpu_offload())
+
+
+def build_facts() -> dict[str, str]:
+    """llama-cpp-python's version and llama.cpp's system-info string (its CPU features)."""
+    lc = llama()
+    info = lc.llama_print_system_info()
+    return {
+        "llama_cpp_python": getattr(lc, "__version__", "?"),
+        "system_info": info.decode("utf-8", "replace").strip() if info else "",
+    }
+
+
+def devices() -> list[str]:
+    """ggml's backend devices (CPU, CUDA, Metal, Vulkan ...) with their memory."""
+    import ctypes
+
+    try:
+        lib = llama().llama_cpp._lib
+        lib.ggml_backend_dev_count.restype = ctypes.c_size_t
+        lib.ggml_backend_dev_get.argtypes = [ctypes.c_size_t]
+        lib.ggml_backend_dev_get.restype = ctypes.c_void_p
+        for fn in (lib.ggml_backend_dev_name, lib.ggml_backend_dev_description):
+            fn.argtypes = [ctypes.c_void_p]
+            fn.restype = ctypes.c_char_p
+        lib.ggml_backend_dev_memory.argtypes = [ctypes.c_void_p] + [
+            ctypes.POINTER(ctypes.c_size_t)] * 2
+        out = []
+        for i in range(lib.ggml_backend_dev_count()):
+            dev = lib.ggml_backend_dev_get(i)
+            free, total = ctypes.c_size_t(), ctypes.c_size_t()
+            lib.ggml_backend_dev_memory(dev, ctypes.byref(free), ctypes.byref(total))
+            name = lib.ggml_backend_dev_name(dev).decode(errors="replace")
+            desc = lib.ggml_backend_dev_description(dev).decode(errors="replace")
+            memory = (f", {free.value / 2**30:.1f} of {total.value / 2**30:.1f} GiB free"
+                      if total.value else "")
+            out.append(f"{name} ({desc}{memory})")
+        return out
+    except (AttributeError, OSError):  # an older build without the device API
+        return ["(this llama.cpp build does not list its devices)"]
+
+
+def mtmd():
+    """llama.cpp's multimodal library (``mtmd_cpp``), its log sent through the quiet logger."""
+    import ctypes
+
+    llama()
+    from llama_cpp import _logger, mtmd_cpp
+
+    # mtmd logs every tensor it loads; send it through llama-cpp-python's quiet logger.
+    mtmd_cpp.mtmd_helper_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
+    return mtmd_cpp
 
 
 def physical_cores() -> int:
@@ -94,20 +147,19 @@ class LoadedModel:
         self.model.close()
 
 
-def load_model(path: Path, n_gpu_layers: int) -> LoadedModel:
-    """Load a GGUF file's weights (memory-mapped)."""
-    check_gguf(path)
+def load_model(path: Path, n_gpu_layers: int, *, extra_bufts: bool) -> LoadedModel:
+    """Load a GGUF file's weights (memory-mapped), already checked with ``check_gguf``.
+
+    ``extra_bufts`` allows llama.cpp's repacked-weight kernels, which kill the process on some
+    CPUs: the engine loads through ``safemode.load_model``, which decides it.
+    """
     lc = llama()
     from llama_cpp import _internals
-
-    from chatcli.engine.safemode import decide
 
     params = lc.llama_model_default_params()
     params.n_gpu_layers = n_gpu_layers
     params.use_mmap = True
-    # The crash guard: llama.cpp's repacked-weight kernels only where a child process proved
-    # they do not kill us on this CPU (safemode.py).
-    params.use_extra_bufts = decide(path).extra_bufts
+    params.use_extra_bufts = extra_bufts
     try:
         model = _internals.LlamaModel(path_model=str(path), params=params, verbose=False)
     except ValueError:
@@ -121,24 +173,55 @@ def load_model(path: Path, n_gpu_layers: int) -> LoadedModel:
 def new_context(model: LoadedModel, *, n_ctx: int, n_batch: int, n_threads: int):
     """A fresh llama.cpp context (KV cache) for ``model``, plus a decode batch of n_batch."""
     lc = llama()
+    params = _context_params(n_ctx=n_ctx, n_batch=n_batch, n_threads=n_threads)
+    # AUTO turns flash attention on where the backend supports it (GPU builds), off elsewhere.
+    params.flash_attn_type = lc.LLAMA_FLASH_ATTN_TYPE_AUTO
+    ctx = _context(model, params, f"a context of {n_ctx} tokens for {model.path} "
+                                  "(out of memory?); try a smaller num_ctx")
+    return ctx, new_batch(n_batch)
+
+
+def new_embedding_context(model: LoadedModel, *, n_tokens: int, pooling: int, n_threads: int):
+    """A llama.cpp context of ``n_tokens`` with embeddings on, pooled with ``pooling`` (the
+    enum llama_pooling_type), that borrows ``model``'s weights."""
+    # Non-causal encoders need the whole input in one micro-batch: n_batch = n_ctx.
+    params = _context_params(n_ctx=n_tokens, n_batch=n_tokens, n_threads=n_threads)
+    params.embeddings = True
+    params.pooling_type = pooling
+    return _context(model, params, f"an embedding context for {model.path}")
+
+
+def new_batch(n_tokens: int):
+    """A decode batch of up to ``n_tokens`` tokens for one sequence."""
     from llama_cpp import _internals
 
-    params = lc.llama_context_default_params()
+    return _internals.LlamaBatch(n_tokens=n_tokens, embd=0, n_seq_max=1, verbose=False)
+
+
+def new_sampler():
+    """An empty sampler chain; the engine adds its samplers through ``llama()``."""
+    llama()
+    from llama_cpp import _internals
+
+    return _internals.LlamaSampler()
+
+
+def _context_params(*, n_ctx: int, n_batch: int, n_threads: int):
+    params = llama().llama_context_default_params()
     params.n_ctx = n_ctx
     params.n_batch = n_batch
     params.n_ubatch = n_batch
     params.n_seq_max = 1
     params.n_threads = n_threads
     params.n_threads_batch = n_threads
-    # AUTO turns flash attention on where the backend supports it (GPU builds), off elsewhere.
-    params.flash_attn_type = lc.LLAMA_FLASH_ATTN_TYPE_AUTO
     params.no_perf = True
+    return params
+
+
+def _context(model: LoadedModel, params, what: str):
+    from llama_cpp import _internals
+
     try:
-        ctx = _internals.LlamaContext(model=model.model, params=params, verbose=False)
+        return _internals.LlamaContext(model=model.model, params=params, verbose=False)
     except ValueError:
-        raise ModelLoadError(
-            f"llama.cpp could not create a context of {n_ctx} tokens for {model.path} "
-            "(out of memory?); try a smaller num_ctx"
-        ) from None
-    batch = _internals.LlamaBatch(n_tokens=n_batch, embd=0, n_seq_max=1, verbose=False)
-    return ctx, batch
+        raise ModelLoadError(f"llama.cpp could not create {what}") from None

@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from chatcli.core import options as opts_mod
 from chatcli.core.errors import (
@@ -26,11 +26,16 @@ from chatcli.core.errors import (
 )
 from chatcli.core.events import Done, Event, Metrics, Trimmed
 from chatcli.engine import binding as backend
-from chatcli.engine import memory
+from chatcli.engine import memory, safemode
 from chatcli.engine.cancel import CancelFlag, abort_callback
 from chatcli.engine.output.parsing import OutputParser
 from chatcli.engine.template import ChatTemplate
 from chatcli.engine.textstream import StopMatcher, Utf8Stream
+
+if TYPE_CHECKING:
+    from llama_cpp._internals import LlamaBatch, LlamaContext
+
+    from chatcli.engine.vision import Vision
 
 DEFAULT_NUM_CTX = 4096
 # Room kept free for the answer when old messages must be dropped to fit num_ctx.
@@ -64,16 +69,18 @@ class Engine:
     ) -> None:
         self.path = Path(path)
         self.name = name or self.path.name
-        self.projector = projector  # a vision projector (mmproj) GGUF, loaded on first image
-        self._vision = None
+        self._projector = projector
+        self._vision: Vision | None = None
         self._controls: list[int] | None = None
         # Defaults that come with the model (Modelfile PARAMETER lines, registry params layer).
         self.model_options = opts_mod.validate(model_options)
         start = time.perf_counter_ns()
         wanted = self.resolve_options(options, _loaded=False)
-        self._model = backend.load_model(self.path, wanted["num_gpu"])
-        self._ctx = None
-        self._batch = None
+        self._model = safemode.load_model(self.path, wanted["num_gpu"])
+        # The llama.cpp context, its decode batch and their (n_ctx, n_batch): all three set, or
+        # none (before the first context, after a failed one, after close). See _live.
+        self._ctx: LlamaContext | None = None
+        self._batch: LlamaBatch | None = None
         self._ctx_shape: tuple[int, int] | None = None
         self._threads = 0
         self._cache: list[int] = []  # tokens whose K/V are in the context, from position 0
@@ -102,6 +109,12 @@ class Engine:
         return self._model.metadata
 
     @property
+    def projector(self) -> Path | None:
+        """The vision projector (mmproj) GGUF, loaded on the first image. Fixed for the engine's
+        life: another projector is another engine (see ``loaded.cache_key``)."""
+        return self._projector
+
+    @property
     def n_ctx(self) -> int:
         return self._ctx_shape[0] if self._ctx_shape else 0
 
@@ -128,6 +141,14 @@ class Engine:
         if shape is None or ctx_shape is None:
             return 0
         return memory.context_bytes(shape, *ctx_shape)
+
+    @property
+    def _live(self) -> tuple[LlamaContext, LlamaBatch, tuple[int, int]]:
+        """The context, its batch and (n_ctx, n_batch); an error once the engine is closed."""
+        ctx, batch, shape = self._ctx, self._batch, self._ctx_shape
+        if ctx is None or batch is None or shape is None:
+            raise RuntimeError(f"the engine for {self.name} has no context (it was closed)")
+        return ctx, batch, shape
 
     @property
     def cached_tokens(self) -> int:
@@ -218,6 +239,7 @@ class Engine:
         load_ns = self._ensure_context(opts)
         if images and context:
             raise NotSupportedError("'context' cannot be combined with images")
+        tokens: list[int] | None  # None once images have put the prompt in the context
         if suffix is not None:
             tokens, dropped, kept, prompt = self._fit_infill(raw or "", suffix)
         elif raw is None:
@@ -246,23 +268,30 @@ class Engine:
             if data:
                 images += data
                 message["content"] = MARKER * len(data) + "\n" + message.get("content", "")
-        if images and self.projector is None:
+        if images:
+            self._projector_path()
+        return images
+
+    def _projector_path(self) -> Path:
+        """The vision projector; NotSupportedError when the model has none."""
+        if self.projector is None:
             raise NotSupportedError(
                 f"model '{self.name}' does not support images (it has no vision projector; "
                 "use a model that has one, or give its mmproj file with --mmproj)"
             )
-        return images
+        return self.projector
 
     def _eval_images(self, prompt: str, images: list[bytes]) -> int:
         """Evaluate a prompt with images from position 0 (no KV reuse across image turns)."""
         from chatcli.engine.vision import Vision
 
         start = time.perf_counter_ns()
+        ctx, _, (_, n_batch) = self._live
         if self._vision is None:
-            self._vision = Vision(Path(self.projector), self._model.model.model, self._threads)
+            self._vision = Vision(self._projector_path(), self._model.model.model, self._threads)
         self._cache.clear()
-        self._ctx.kv_cache_clear()
-        n_past = self._vision.eval(self._ctx.ctx, prompt, images, self._ctx_shape[1])
+        ctx.kv_cache_clear()
+        n_past = self._vision.eval(ctx.ctx, prompt, images, n_batch)
         # Positions only: -1 never equals a real token, so the next turn re-reads everything.
         self._cache.extend([-1] * n_past)
         return time.perf_counter_ns() - start
@@ -311,7 +340,7 @@ class Engine:
             self._drop_context()
             path = self._model.path
             self._model.close()
-            self._model = backend.load_model(path, opts["num_gpu"])
+            self._model = safemode.load_model(path, opts["num_gpu"])
         shape = (int(opts["num_ctx"]), min(int(opts["num_batch"]), int(opts["num_ctx"])))
         if shape != self._ctx_shape:
             self._check_memory(*shape)  # before dropping the context we have
@@ -324,7 +353,8 @@ class Engine:
             if self._shape is None:  # for context_bytes, which /api/ps reads from any thread
                 self._shape = memory.model_shape(self._model)
         elif opts["num_thread"] != self._threads:
-            self._ctx.set_n_threads(opts["num_thread"], opts["num_thread"])
+            ctx, _, _ = self._live
+            ctx.set_n_threads(opts["num_thread"], opts["num_thread"])
             self._threads = opts["num_thread"]
         else:
             return 0
@@ -541,11 +571,9 @@ class Engine:
         return best
 
     def _sampler(self, opts: Mapping[str, Any], prompt: Sequence[int], grammar: str | None):
-        from llama_cpp import _internals
-
         from chatcli.engine.output.structured import StructuredOutputError
 
-        sampler = _internals.LlamaSampler()
+        sampler = backend.new_sampler()
         if grammar is not None:
             lc = backend.llama()
             # Control tokens (<|im_start|>...) never belong in structured output.
@@ -609,8 +637,7 @@ class Engine:
     def _eval_prompt(self, tokens: list[int], n_past: int, cancel: threading.Event) -> bool:
         """Decode tokens[n_past:] in n_batch chunks; False if cancelled midway."""
         lc = backend.llama()
-        ctx, batch, cache = self._ctx, self._batch, self._cache
-        n_batch = self._ctx_shape[1]
+        (ctx, batch, (_, n_batch)), cache = self._live, self._cache
         # llama.cpp polls this between graph nodes, so a long batch stops promptly.
         abort, data = abort_callback(lc, cancel)
         lc.llama_set_abort_callback(ctx.ctx, abort, data)
@@ -640,8 +667,7 @@ class Engine:
         special: bool,
     ) -> Iterator[Event]:
         lc = backend.llama()
-        ctx, batch, cache = self._ctx, self._batch, self._cache
-        n_ctx = self._ctx_shape[0]
+        (ctx, batch, (n_ctx, _)), cache = self._live, self._cache
         metrics = Metrics(load_duration=load_ns)
 
         if tokens is None:  # the prompt (with images) is already in the context

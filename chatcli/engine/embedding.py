@@ -28,10 +28,10 @@ from chatcli.core import options as opts_mod
 from chatcli.core import textclean
 from chatcli.core.errors import ModelLoadError, NotSupportedError, RequestError
 from chatcli.core.keepalive import parse_keep_alive
+from chatcli.core.names import DEFAULT_MODEL
 from chatcli.engine import binding as backend
 from chatcli.engine.loaded import CACHE
-from chatcli.models.resolve import DEFAULT_MODEL, resolve
-from chatcli.responses import _Subscriptable
+from chatcli.models.resolve import resolve
 
 # Truncating: a token covers at most this many characters of real text, so a prefix of
 # num_ctx x this is all that can be kept; tokenizing the rest of a huge input is wasted.
@@ -47,11 +47,9 @@ POOLING_NAMES = {POOLING_MEAN: "mean", POOLING_CLS: "cls", POOLING_LAST: "last"}
 
 
 @dataclass
-class EmbedResponse(_Subscriptable):
-    """The ``ollama`` client's EmbedResponse: one vector per input, durations in nanoseconds.
-
-    Fields read as attributes or items (``response.embeddings``, ``response['embeddings']``).
-    """
+class Embeddings:
+    """One vector per input text, and what they cost (durations in nanoseconds): the fields of
+    the ``ollama`` client's EmbedResponse, which ``chatcli.embed`` builds from them."""
 
     model: str
     embeddings: list[list[float]]
@@ -84,7 +82,7 @@ def embed(
     options: Mapping[str, Any] | None = None,
     keep_alive: float | str | None = None,
     dimensions: int | None = None,
-) -> EmbedResponse:
+) -> Embeddings:
     """Embed ``input`` (a text or a list of texts) with ``model``, loading it in this process
     if needed: one unit vector per text, as the ``ollama`` client's ``embed()`` returns them.
 
@@ -113,7 +111,7 @@ def pool(
     truncate: bool | None = None,
     options: Mapping[str, Any] | None = None,
     keep_alive: float | str | None = None,
-) -> EmbedResponse:
+) -> Embeddings:
     """The pooled hidden state of each text of ``inputs``, not normalised (legacy
     ``/api/embeddings``); bounds and errors as ``embed``'s."""
     start = time.perf_counter_ns()
@@ -135,7 +133,7 @@ def pool(
             vectors, count = _embed_all(entry.engine, texts, opts, pooling, truncate is not False)
     finally:
         CACHE.release(entry, keep)
-    return EmbedResponse(
+    return Embeddings(
         model=resolved.name,
         embeddings=vectors,
         prompt_eval_count=count,
@@ -161,7 +159,8 @@ def _embed_all(engine: Any, texts: list[str], options: dict[str, Any], pooling: 
         token_lists.append(_tokens(llama_model, text, limit, truncate))
     if not token_lists:
         return [], 0
-    ctx = _context(loaded, max(len(t) for t in token_lists), pooling, opts["num_thread"])
+    ctx = backend.new_embedding_context(loaded, n_tokens=max(len(t) for t in token_lists),
+                                        pooling=pooling, n_threads=opts["num_thread"])
     try:
         return [_embed_one(ctx, llama_model, tokens) for tokens in token_lists], \
             sum(len(t) for t in token_lists)
@@ -187,33 +186,10 @@ def _tokens(llama_model: Any, text: str, limit: int, truncate: bool) -> list[int
     return tokens[:limit]
 
 
-def _context(loaded: Any, n_tokens: int, pooling: int, n_threads: int) -> Any:
-    lc = backend.llama()
-    from llama_cpp import _internals
-
-    params = lc.llama_context_default_params()
-    params.n_ctx = n_tokens
-    # Non-causal encoders need the whole input in one micro-batch.
-    params.n_batch = params.n_ubatch = n_tokens
-    params.n_seq_max = 1
-    params.n_threads = params.n_threads_batch = n_threads
-    params.embeddings = True
-    params.pooling_type = pooling
-    params.no_perf = True
-    try:
-        return _internals.LlamaContext(model=loaded.model, params=params, verbose=False)
-    except ValueError:
-        raise ModelLoadError(
-            f"llama.cpp could not create an embedding context for {loaded.path}"
-        ) from None
-
-
 def _embed_one(ctx: Any, llama_model: Any, tokens: list[int]) -> list[float]:
     lc = backend.llama()
-    from llama_cpp import _internals
-
     ctx.kv_cache_clear()
-    batch = _internals.LlamaBatch(n_tokens=len(tokens), embd=0, n_seq_max=1, verbose=False)
+    batch = backend.new_batch(len(tokens))
     try:
         batch.add_sequence(tokens, 0, True)
         raw = llama_model.model

@@ -23,6 +23,7 @@ TIMER_STEP = 24 * 3600.0
 class LoadedEntry:
     engine: Engine
     model: ResolvedModel
+    key: tuple[str, str | None]  # cache_key(model) when loaded
     lock: threading.RLock = field(default_factory=threading.RLock)
     expires_at: float | None = None  # monotonic seconds; None = never
     users: int = 0
@@ -31,25 +32,29 @@ class LoadedEntry:
     unload_when_idle: bool = False
 
 
+def cache_key(model: ResolvedModel) -> tuple[str, str | None]:
+    """What identifies a loaded engine: the model file and its vision projector. The projector
+    is loaded into the engine, so a request with another one needs an engine of its own."""
+    return str(model.path), None if model.projector is None else str(model.projector)
+
+
 class ModelCache:
-    """Engines keyed by model file; unloaded when their keep_alive runs out."""
+    """Engines keyed by model file and projector; unloaded when their keep_alive runs out."""
 
     def __init__(self) -> None:
-        self._entries: dict[str, LoadedEntry] = {}
+        self._entries: dict[tuple[str, str | None], LoadedEntry] = {}
         self._lock = threading.Lock()
 
     def acquire(self, model: ResolvedModel, options: dict[str, Any] | None) -> LoadedEntry:
         """The loaded entry for ``model`` (loading it if needed), marked in use."""
-        key = str(model.path)
+        key = cache_key(model)
         with self._lock:
             entry = self._entries.get(key)
             if entry is None:
                 engine = load(model.path, name=model.name, model_options=model.options,
                               options=options, projector=model.projector)
-                entry = LoadedEntry(engine=engine, model=model)
+                entry = LoadedEntry(engine=engine, model=model, key=key)
                 self._entries[key] = entry
-            if model.projector is not None:
-                entry.engine.projector = model.projector
             entry.users += 1
             entry.unload_when_idle = False  # a later request's keep_alive decides now
             if entry.timer is not None:
@@ -106,7 +111,7 @@ class ModelCache:
     def _expire(self, entry: LoadedEntry) -> None:
         with self._lock:
             if entry.users > 0 or entry.expires_at is None \
-                    or self._entries.get(str(entry.model.path)) is not entry:
+                    or self._entries.get(entry.key) is not entry:
                 return  # in use again, kept forever, or already unloaded
             try:
                 if entry.expires_at <= time.monotonic() + 0.01:
@@ -117,9 +122,8 @@ class ModelCache:
                 log.exception("unloading %s after its keep_alive failed", entry.model.name)
 
     def _unload_locked(self, entry: LoadedEntry) -> None:
-        key = str(entry.model.path)
-        if self._entries.get(key) is entry:
-            del self._entries[key]
+        if self._entries.get(entry.key) is entry:
+            del self._entries[entry.key]
         with entry.lock:
             entry.engine.close()
 

@@ -27,7 +27,10 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from chatcli.engine.binding import LoadedModel
 
 FORCE_ENV = "CHATCLI_SAFE_MODE"  # 1/on/safe: no extra buffer types; 0/off/full: the default
 CACHE_ENV = "CHATCLI_PROBE_CACHE"  # the verdict file (the test suite shares one per run)
@@ -88,14 +91,18 @@ def cpu_facts() -> dict[str, str]:
 
 def build_facts() -> dict[str, str]:
     """llama-cpp-python's version and llama.cpp's system-info string (its CPU features)."""
-    from chatcli.engine import binding as backend
+    from chatcli.engine import binding
 
-    lc = backend.llama()
-    info = lc.llama_print_system_info()
-    return {
-        "llama_cpp_python": getattr(lc, "__version__", "?"),
-        "system_info": info.decode("utf-8", "replace").strip() if info else "",
-    }
+    return binding.build_facts()
+
+
+def load_model(path: Path, n_gpu_layers: int) -> LoadedModel:
+    """Load a model's weights behind the crash guard: llama.cpp's repacked-weight kernels
+    only where a child process proved they do not kill us on this CPU."""
+    from chatcli.engine import binding
+
+    binding.check_gguf(path)  # first: the probe must never be run on a file llama.cpp refuses
+    return binding.load_model(path, n_gpu_layers, extra_bufts=decide(path).extra_bufts)
 
 
 def model_kind(path: Path) -> str:
@@ -306,24 +313,15 @@ def _child(path: str, mode: str) -> int:
     import resource
 
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # a crash here is expected: no core file
-    from llama_cpp import _internals
+    from chatcli.engine import binding
 
-    from chatcli.engine import binding as backend
-
-    lc = backend.llama()
-    params = lc.llama_model_default_params()
-    params.n_gpu_layers = 0
-    params.use_mmap = True
-    params.use_extra_bufts = mode == FULL
-    model = _internals.LlamaModel(path_model=path, params=params, verbose=False)
-    cparams = lc.llama_context_default_params()
-    cparams.n_ctx = cparams.n_batch = cparams.n_ubatch = 512
-    cparams.n_threads = cparams.n_threads_batch = 1  # an illegal instruction needs no more
-    ctx = _internals.LlamaContext(model=model, params=cparams, verbose=False)
-    batch = _internals.LlamaBatch(n_tokens=512, embd=0, n_seq_max=1, verbose=False)
+    lc = binding.llama()
+    loaded = binding.load_model(Path(path), 0, extra_bufts=mode == FULL)
+    # One thread: an illegal instruction needs no more.
+    ctx, batch = binding.new_context(loaded, n_ctx=512, n_batch=512, n_threads=1)
     if os.environ.get(SIMULATE_ENV) in (mode, "all"):
         os.kill(os.getpid(), signal.SIGILL)
-    n_vocab = model.n_vocab()
+    n_vocab = loaded.model.n_vocab()
     tokens = [(7 + 31 * i) % n_vocab for i in range(PROBE_TOKENS)]
     batch.set_batch(tokens, n_past=0, logits_all=False)
     if lc.llama_decode(ctx.ctx, batch.batch) != 0:

@@ -35,7 +35,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -112,7 +112,7 @@ def _size(obj: Any, limit: int, indent: int = 0) -> int:
         elif isinstance(item, (list, tuple, set, frozenset)):
             stack.append((iter(item), depth + 1))
         elif isinstance(item, Namespace):
-            stack.append((iter(item._Namespace__attrs.items()), depth + 1))  # type: ignore
+            stack.append((iter(item._Namespace__attrs.items()), depth + 1))
         elif isinstance(item, (bytes, bytearray)):
             total += 4 * len(item)
         elif isinstance(item, int):
@@ -562,7 +562,7 @@ class ChatTemplate:
             autoescape=False,
             finalize=_finalize,
         )
-        env.concat = _checked_block_concat  # type: ignore[method-assign]
+        env.concat = _checked_block_concat
         env.filters["tojson"] = _tojson
         env.filters["sum"] = pass_environment(_sum)
         env.filters = {name: _guard_filter(name, f) for name, f in env.filters.items()}
@@ -585,7 +585,7 @@ class ChatTemplate:
 
     def render(
         self,
-        messages: Sequence[dict[str, Any]],
+        messages: Sequence[Mapping[str, Any]],
         *,
         add_generation_prompt: bool = True,
         **variables: Any,
@@ -623,7 +623,7 @@ class ChatTemplate:
                 IndexError, ZeroDivisionError) as e:
             raise TemplateError(f"chat template of {name} failed: {e}") from None
 
-    def _render_bounded(self, messages: list[dict[str, Any]], add_generation_prompt: bool,
+    def _render_bounded(self, messages: list[Mapping[str, Any]], add_generation_prompt: bool,
                         variables: dict[str, Any]) -> str:
         budget = _Budget(self.model_name, [messages, variables])
         outer = getattr(_local, "budget", None)

@@ -17,11 +17,9 @@ MARKER = "<__media__>"  # mtmd's default media marker
 
 class Vision:
     def __init__(self, projector: Path, model, n_threads: int) -> None:
-        from llama_cpp import _logger, mtmd_cpp
+        from chatcli.engine import binding
 
-        self.m = mtmd_cpp
-        # mtmd logs every tensor it loads; send it through llama-cpp-python's quiet logger.
-        mtmd_cpp.mtmd_helper_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
+        self.m = mtmd_cpp = binding.mtmd()
         params = mtmd_cpp.mtmd_context_params_default()
         params.n_threads = n_threads
         params.print_timings = False

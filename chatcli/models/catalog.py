@@ -1,11 +1,12 @@
-"""What ``chat list`` and ``chat show`` print: every model chatcli can run, from every store."""
+"""What ``chat list`` prints: every model chatcli can run, from every store."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
 
-from chatcli.models.resolve import DEFAULT_MODEL, bundled_model_path
+from chatcli.core.names import DEFAULT_MODEL
+from chatcli.models.resolve import bundled_model_path
 from chatcli.models.store import local_store, ollama_store
 
 
@@ -85,32 +86,3 @@ def list_text() -> str:
     for e in entries():
         rows.append([e.name, e.id, human_size(e.size), human_ago(e.modified), e.source])
     return table(rows)
-
-
-def show_text(name: str) -> str:
-    """ollama show's default block: Model, Capabilities, Parameters, System, License."""
-    from chatcli.client.local import LocalClient
-
-    info = LocalClient().show(name)
-    lines = ["  Model"]
-    for key in ("architecture", "parameters", "context length", "embedding length",
-                "quantization"):
-        lines.append(f"    {key:<20}{info[key]}")
-    lines += ["", "  Capabilities"] + [f"    {c}" for c in info["capabilities"]]
-    if info["model_options"]:
-        lines += ["", "  Parameters"]
-        for key, value in info["model_options"].items():
-            for v in value if isinstance(value, list) else [value]:
-                lines.append(f"    {key:<15}{_quote(v)}")
-    if info["system"]:
-        lines += ["", "  System"] + [f"    {line}" for line in info["system"].splitlines()[:6]]
-    if info["license"]:
-        lines += ["", "  License"] + [f"    {line}" for line in info["license"].splitlines()[:2]]
-    lines += ["", f"  File\n    {info['path']}"]
-    return "\n".join(lines)
-
-
-def _quote(value: object) -> str:
-    return f'"{value}"' if isinstance(value, str) else str(value)
-
-

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-from chatcli.models.gguf import GGUFInfo, read_gguf
+from chatcli.models.gguf import GGUFInfo
 
 # llama.cpp's enum llama_ftype (general.file_type in a GGUF).
 FILE_TYPES = {
@@ -30,31 +29,62 @@ def quantization(info: GGUFInfo) -> str:
     return FILE_TYPES.get(raw, f"type {raw}") if isinstance(raw, int) else "unknown"
 
 
-def capabilities(info: GGUFInfo, projector: Path | None = None) -> list[str]:
-    """What the model can do, judged from its template and files (as Ollama does)."""
-    template = str(info.get("tokenizer.chat_template", ""))
-    caps = ["completion"]
-    if info.arch_value("pooling_type"):  # sentence-embedding models declare a pooling
-        caps = ["embedding"]
-    if "tools" in template:
-        caps.append("tools")
-    if "<think>" in template or "enable_thinking" in template or "reasoning_content" in template:
-        caps.append("thinking")
-    if projector is not None:
-        caps.append("vision")
-    return caps
+def chat_template(info: GGUFInfo) -> str:
+    """The GGUF's chat template, "" without one."""
+    return str(info.get("tokenizer.chat_template") or "")
 
 
-def describe(path: Path, projector: Path | None = None) -> dict[str, Any]:
-    """The model's architecture, size, context, quantization, template and capabilities."""
-    info = read_gguf(path)
+def is_embedding(info: GGUFInfo) -> bool:
+    """Sentence-embedding models declare a pooling."""
+    return bool(info.arch_value("pooling_type"))
+
+
+def describe(info: GGUFInfo) -> dict[str, Any]:
+    """The model's architecture, size, context, quantization and template. (Its capabilities
+    are the request planner's judgement: ``chatcli.engine.output.plan.capabilities``.)"""
     return {
         "architecture": info.architecture,
         "parameters": human_count(info.parameter_count),
         "context length": info.arch_value("context_length", "?"),
         "embedding length": info.arch_value("embedding_length", "?"),
         "quantization": quantization(info),
-        "capabilities": capabilities(info, projector),
         "gguf_license": str(info.get("general.license", "")),
         "chat_template": info.get("tokenizer.chat_template"),
     }
+
+
+def model_lines(info: dict[str, Any]) -> list[str]:
+    """The Model and Capabilities sections that ``chat show`` and /show info begin with."""
+    lines = ["  Model"]
+    for key in ("architecture", "parameters", "context length", "embedding length",
+                "quantization"):
+        lines.append(f"    {key:<20}{info[key]}")
+    return lines + ["", "  Capabilities"] + [f"    {c}" for c in info["capabilities"]]
+
+
+def file_lines(info: dict[str, Any]) -> list[str]:
+    """The File section that ``chat show`` and /show info end with."""
+    return ["", f"  File\n    {info['path']}"]
+
+
+def parameter_lines(options: dict[str, Any]) -> list[str]:
+    """A model's options as ``chat show`` prints them: ``name  value``, strings quoted."""
+    return [f"{key:<15}{_quote(v)}" for key, value in options.items()
+            for v in (value if isinstance(value, list) else [value])]
+
+
+def show_text(info: dict[str, Any]) -> str:
+    """``chat show``'s default block (as ``ollama show``'s): Model, Capabilities, Parameters,
+    System, License, File; ``info`` is what a client's ``show`` returns."""
+    lines = model_lines(info)
+    if info["model_options"]:
+        lines += ["", "  Parameters"] + [f"    {p}" for p in parameter_lines(info["model_options"])]
+    if info["system"]:
+        lines += ["", "  System"] + [f"    {line}" for line in info["system"].splitlines()[:6]]
+    if info["license"]:
+        lines += ["", "  License"] + [f"    {line}" for line in info["license"].splitlines()[:2]]
+    return "\n".join(lines + file_lines(info))
+
+
+def _quote(value: object) -> str:
+    return f'"{value}"' if isinstance(value, str) else str(value)

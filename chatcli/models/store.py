@@ -207,9 +207,10 @@ class Store:
     def read_manifest(self, name: ModelName) -> Manifest | None:
         path = self.manifest_path(name)
         if not path.is_file():
-            path = self._case_insensitive(name)
-            if path is None:
+            found = self._case_insensitive(name)
+            if found is None:
                 return None
+            path = found
         return parse_manifest(path.read_bytes(), source=f"manifest of {name}")
 
     def _case_insensitive(self, name: ModelName) -> Path | None:

@@ -14,12 +14,13 @@ from __future__ import annotations
 import os
 import signal
 import threading
-from collections.abc import Generator
+from collections.abc import Generator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from chatcli.core.events import ContentDelta, Done, ThinkingDelta, ToolCall, Trimmed
+from chatcli.core.events import ContentDelta, Done, Event, ThinkingDelta, ToolCall, Trimmed
+from chatcli.repl.render import Renderer
 from chatcli.repl.typeahead import held_keys
 
 
@@ -34,7 +35,7 @@ class Outcome:
 
 
 @contextmanager
-def sigint_cancels(cancel: threading.Event):
+def sigint_cancels(cancel: threading.Event) -> Iterator[None]:
     """During the block, the first Ctrl+C sets ``cancel``; a second one raises."""
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -57,7 +58,7 @@ def sigint_cancels(cancel: threading.Event):
 
 
 @contextmanager
-def _wake_on_sigint(cancel: threading.Event):
+def _wake_on_sigint(cancel: threading.Event) -> Iterator[None]:
     """Set ``cancel`` from a watcher thread as soon as SIGINT arrives, even while the main
     thread is inside a long C call (it has released the GIL; the watcher takes it)."""
     read_end, write_end = os.pipe()
@@ -90,8 +91,8 @@ def _wake_on_sigint(cancel: threading.Event):
 
 
 def stream_answer(
-    events: Generator, out: Any, cancel: threading.Event, *, verbose: bool = False,
-    fence: str | None = None,
+    events: Generator[Event, None, None], out: Renderer, cancel: threading.Event, *,
+    verbose: bool = False, fence: str | None = None,
 ) -> Outcome:
     """Render ``events`` to ``out``; returns how the answer ended. With ``fence`` (a language
     name) the answer is shown as a code block of that language (JSON answers)."""

@@ -10,14 +10,14 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from chatcli.client.inputs import load_format
 from chatcli.core import options as opts_mod
-from chatcli.core import textclean
 from chatcli.core.errors import ChatCliError
-from chatcli.core.fileio import NoSuchDirectoryError, TooLargeError, read_bytes_limited
-from chatcli.repl.registry import CommandError, Registry
+from chatcli.core.fileio import NoSuchDirectoryError
+from chatcli.repl.registry import ArgCompleter, CommandError, Registry
+from chatcli.repl.state import ReplState
 
 REGISTRY = Registry()
-MAX_SCHEMA_FILE = 4 << 20  # real schemas are kilobytes
 command = REGISTRY.command
 
 
@@ -46,15 +46,16 @@ def path_candidates(word: str) -> list[str]:
     return out
 
 
-def complete_path(state: Any, args: str) -> Iterable[str]:
+def complete_path(state: ReplState, args: str) -> Iterable[str]:
     return path_candidates(args)
 
 
-def complete_subcommand(subcommands: Iterable[str], then: dict[str, Any] | None = None):
+def complete_subcommand(subcommands: Iterable[str],
+                        then: dict[str, ArgCompleter] | None = None) -> ArgCompleter:
     """Complete the first word from ``subcommands``; hand later words to ``then[sub]``."""
     subs = list(subcommands)
 
-    def complete(state: Any, args: str) -> Iterable[str]:
+    def complete(state: ReplState, args: str) -> Iterable[str]:
         first, sep, rest = args.partition(" ")
         if not sep:
             return [s for s in subs if s.startswith(first)]
@@ -64,16 +65,16 @@ def complete_subcommand(subcommands: Iterable[str], then: dict[str, Any] | None 
     return complete
 
 
-def complete_parameter(state: Any, args: str) -> Iterable[str]:
+def complete_parameter(state: ReplState, args: str) -> Iterable[str]:
     name, sep, _ = args.partition(" ")
     return [] if sep else [n for n in opts_mod.SPECS if n.startswith(name)]
 
 
-def complete_model(state: Any, args: str) -> Iterable[str]:
+def complete_model(state: ReplState, args: str) -> Iterable[str]:
     return [n for n in state.model_names() if n.startswith(args)] + path_candidates(args)
 
 
-def complete_command(state: Any, args: str) -> Iterable[str]:
+def complete_command(state: ReplState, args: str) -> Iterable[str]:
     return [n.lstrip("/") for n in REGISTRY.all_names() if n.lstrip("/").startswith(args)]
 
 
@@ -118,25 +119,6 @@ def strip_triple_quotes(text: str) -> str:
     return text
 
 
-def load_format(value: str) -> Any:
-    """``json`` or the path of a JSON-schema file."""
-    if value == "json":
-        return "json"
-    path = Path(value).expanduser()
-    try:
-        raw = read_bytes_limited(path, MAX_SCHEMA_FILE, f"JSON schema file {value}")
-        schema = textclean.loads(raw, what=f"the JSON schema {value}")
-    except FileNotFoundError:
-        raise CommandError(
-            f"format must be 'json' or a JSON schema file; no such file: {value}"
-        ) from None
-    except (OSError, json.JSONDecodeError, textclean.TooDeepError, TooLargeError) as e:
-        raise CommandError(f"cannot read JSON schema {value}: {e}") from None
-    if not isinstance(schema, dict):
-        raise CommandError(f"{value} does not hold a JSON schema object")
-    return schema
-
-
 @command(
     "/set", "/set SETTING [VALUE]", "change the system prompt, an option or a display setting",
     subcommands=SET_SUBCOMMANDS,
@@ -145,7 +127,7 @@ def load_format(value: str) -> Any:
                                                         c for c in ["json"] if c.startswith(a)
                                                     ] + path_candidates(a)}),
 )
-def cmd_set(state: Any, args: str) -> None:
+def cmd_set(state: ReplState, args: str) -> None:
     sub, _, rest = args.partition(" ")
     rest = rest.strip()
     if sub == "system":
@@ -171,8 +153,8 @@ def cmd_set(state: Any, args: str) -> None:
         state.session.think = sub == "think"
         state.out.info("Set 'think' mode." if sub == "think" else "Set 'nothink' mode.")
     elif sub in _FLAGS:
-        attr, value = _FLAGS[sub]
-        setattr(state.settings, attr, value)
+        attr, flag = _FLAGS[sub]
+        setattr(state.settings, attr, flag)
         state.settings_changed()
         state.out.info(f"Set '{sub}' mode.")
     else:
@@ -200,7 +182,7 @@ SHOW_SUBCOMMANDS: dict[str, tuple[str, str]] = {
 
 @command("/show", "/show WHAT", "show model and session information",
          subcommands=SHOW_SUBCOMMANDS, completer=complete_subcommand(SHOW_SUBCOMMANDS))
-def cmd_show(state: Any, args: str) -> None:
+def cmd_show(state: ReplState, args: str) -> None:
     what = args.strip()
     session = state.session
     if what not in SHOW_SUBCOMMANDS:
@@ -213,12 +195,9 @@ def cmd_show(state: Any, args: str) -> None:
         return
     info = _model_info(state)
     if what == "info":
-        rows = [(k, info[k]) for k in ("architecture", "parameters", "context length",
-                                       "embedding length", "quantization")]
-        lines = ["  Model"] + [f"    {k:<20}{v}" for k, v in rows]
-        lines += ["", "  Capabilities"] + [f"    {c}" for c in info["capabilities"]]
-        lines += ["", f"  File\n    {info['path']}"]
-        show_verbatim(state, "\n".join(lines))
+        from chatcli.models.modelinfo import file_lines, model_lines
+
+        show_verbatim(state, "\n".join(model_lines(info) + file_lines(info)))
     elif what == "template":
         fallback = info["template_is_fallback"]
         note = "  (no template in the model: ChatML is used)\n" if fallback else ""
@@ -229,18 +208,18 @@ def cmd_show(state: Any, args: str) -> None:
         show_verbatim(state, _modelfile(state, info))
 
 
-def show_verbatim(state: Any, text: str) -> None:
+def show_verbatim(state: ReplState, text: str) -> None:
     """Print ``text`` exactly, never word-wrapped: a Modelfile, a template or a path is copied
     from the screen and must still work (``FROM`` and its path on one line)."""
     state.out.end()  # begin at the start of a line, styles reset
     state.write_terminal(text if text.endswith("\n") else text + "\n")
 
 
-def _model_info(state: Any) -> dict[str, Any]:
+def _model_info(state: ReplState) -> dict[str, Any]:
     return state.session.client.show(state.session.model, state.session.options)
 
 
-def _parameters_text(state: Any) -> str:
+def _parameters_text(state: ReplState) -> str:
     session = state.session
     try:
         model_opts = _model_info(state).get("model_options", {})
@@ -260,20 +239,20 @@ def _parameters_text(state: Any) -> str:
     return "\n".join(lines)
 
 
-def _modelfile(state: Any, info: dict[str, Any]) -> str:
+def _modelfile(state: ReplState, info: dict[str, Any]) -> str:
+    """A Modelfile that recreates this setup: the model, with this session's system prompt and
+    options over its own."""
+    from chatcli.models.modelfile import Modelfile, render
+
     session = state.session
-    lines = ["# Modelfile generated by \"/show modelfile\"", f"FROM {info['path']}"]
-    if not info["template_is_fallback"]:
-        lines.append(f'TEMPLATE """{info["template"]}"""')
-    system = session.system or info.get("system")
-    if system:
-        lines.append(f'SYSTEM """{system}"""')
-    for name, value in {**info.get("model_options", {}), **session.options}.items():
-        for v in value if isinstance(value, list) else [value]:
-            lines.append(f"PARAMETER {name} {json.dumps(v) if isinstance(v, str) else v}")
-    if info.get("license"):
-        lines.append(f'LICENSE """{info["license"]}"""')
-    return "\n".join(lines)
+    modelfile = Modelfile(
+        base=info["path"],
+        template=None if info["template_is_fallback"] else info["template"],
+        system=session.system or info.get("system"),
+        parameters={**info.get("model_options", {}), **session.options},
+        licenses=[info["license"]] if info.get("license") else [],
+    )
+    return render(modelfile, '# Modelfile generated by "/show modelfile"')
 
 
 # -- conversation --------------------------------------------------------------------------
@@ -281,7 +260,7 @@ def _modelfile(state: Any, info: dict[str, Any]) -> str:
 
 @command("/save", "/save FILE", "save the conversation (messages, model, options) as JSON",
          completer=complete_path)
-def cmd_save(state: Any, args: str) -> None:
+def cmd_save(state: ReplState, args: str) -> None:
     if not args:
         raise CommandError("usage: /save FILE")
     path = Path(args).expanduser()
@@ -297,7 +276,7 @@ def cmd_save(state: Any, args: str) -> None:
 
 @command("/load", "/load FILE", "replace the conversation with a saved one",
          completer=complete_path)
-def cmd_load(state: Any, args: str) -> None:
+def cmd_load(state: ReplState, args: str) -> None:
     if not args:
         raise CommandError("usage: /load FILE")
     conv = state.session.load(Path(args).expanduser())
@@ -306,18 +285,18 @@ def cmd_load(state: Any, args: str) -> None:
 
 
 @command("/clear", "/clear", "forget the conversation (the system prompt stays)")
-def cmd_clear(state: Any, args: str) -> None:
+def cmd_clear(state: ReplState, args: str) -> None:
     state.session.clear()
     state.out.info("Cleared session context.")
 
 
 @command("/retry", "/retry", "answer the last question again")
-def cmd_retry(state: Any, args: str) -> None:
+def cmd_retry(state: ReplState, args: str) -> None:
     state.retry()
 
 
 @command("/undo", "/undo", "drop the last question and its answer")
-def cmd_undo(state: Any, args: str) -> None:
+def cmd_undo(state: ReplState, args: str) -> None:
     # After Ctrl+C took the last question back, the last exchange in the conversation is an
     # older one the user did not just make: say so rather than drop it.
     taken_back = getattr(state, "taken_back", None)
@@ -334,7 +313,7 @@ def cmd_undo(state: Any, args: str) -> None:
 
 
 @command("/read", "/read FILE", "add a file's text to your next message", completer=complete_path)
-def cmd_read(state: Any, args: str) -> None:
+def cmd_read(state: ReplState, args: str) -> None:
     if not args:
         raise CommandError("usage: /read FILE")
     path = Path(args).expanduser()
@@ -350,7 +329,7 @@ def cmd_read(state: Any, args: str) -> None:
 
 
 @command("/copy", "/copy", "send the last answer to the terminal's clipboard (OSC 52)")
-def cmd_copy(state: Any, args: str) -> None:
+def cmd_copy(state: ReplState, args: str) -> None:
     answer = state.session.last_answer
     if not answer:
         raise CommandError("no answer to copy yet")
@@ -369,7 +348,7 @@ def osc52(text: str) -> str:
 
 @command("/model", "/model NAME", "switch to another model; the conversation is kept",
          completer=complete_model)
-def cmd_model(state: Any, args: str) -> None:
+def cmd_model(state: ReplState, args: str) -> None:
     if not args:
         state.out.info(f"Current model: {state.session.model}")
         return
@@ -378,10 +357,10 @@ def cmd_model(state: Any, args: str) -> None:
 
 
 @command("/bye", "/bye", "exit", aliases=("/exit",))
-def cmd_bye(state: Any, args: str) -> None:
+def cmd_bye(state: ReplState, args: str) -> None:
     raise EOFError
 
 
 @command("/help", "/help [COMMAND]", "show help", aliases=("/?",), completer=complete_command)
-def cmd_help(state: Any, args: str) -> None:
+def cmd_help(state: ReplState, args: str) -> None:
     state.out.info(REGISTRY.help_text(args or None))

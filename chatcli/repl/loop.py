@@ -8,32 +8,22 @@ shown and the loop goes on; ``EOFError`` (Ctrl+D, /bye) is the one way out.
 from __future__ import annotations
 
 import os
-import sys
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Iterable
 from typing import Any
 
-from prompt_toolkit.completion import Completer, Completion
+from prompt_toolkit.completion import CompleteEvent, Completer, Completion
+from prompt_toolkit.document import Document
+from prompt_toolkit.history import FileHistory
+from prompt_toolkit.key_binding import KeyBindings
 
 from chatcli.core.errors import ChatCliError
 from chatcli.core.paths import history_file
-from chatcli.engine.cancel import CancelFlag
-from chatcli.repl.answer import stream_answer
 from chatcli.repl.commands import REGISTRY, strip_triple_quotes
+from chatcli.repl.state import ReplState as ReplState  # the REPL's entry points, with run_repl
+from chatcli.repl.state import Settings as Settings
 from chatcli.repl.typeahead import held_keys
 
 PLACEHOLDER = "Send a message (/? for help)"
-
-
-@dataclass
-class Settings:
-    """Display settings that /set changes."""
-
-    verbose: bool = False
-    markdown: bool = True
-    wordwrap: bool = True
-    hide_thinking: bool = False
-    history: bool = True
 
 
 def multiline_open(text: str) -> bool:
@@ -41,132 +31,17 @@ def multiline_open(text: str) -> bool:
     return text.count('"""') % 2 == 1
 
 
-MAX_IMAGES = 32  # image paths looked at in one message (each costs a stat)
+class ToggleHistory(FileHistory):
+    """FileHistory that can stop writing (/set nohistory)."""
+
+    enabled = True
+
+    def store_string(self, string: str) -> None:
+        if self.enabled:
+            super().store_string(string)
 
 
-def find_images(text: str) -> tuple[str, list[str]]:
-    """Image files named in a message (as `ollama run` attaches them): the text without those
-    paths, and the paths."""
-    import shlex
-
-    from chatcli.core.images import IMAGE_SUFFIXES
-
-    lower = text.lower()
-    if not any(suffix in lower for suffix in IMAGE_SUFFIXES):
-        return text, []  # the common case, and cheap for a huge paste (shlex is ~1 s per MB)
-    try:
-        # Quoted paths with spaces need shlex; past a typed message's size, whitespace will do.
-        words = shlex.split(text, posix=True) if len(text) < 100_000 else text.split()
-    except ValueError:
-        words = text.split()
-    named = dict.fromkeys(w for w in words if w.lower().endswith(IMAGE_SUFFIXES))
-    paths = [w for w in list(named)[:MAX_IMAGES] if Path(w).expanduser().is_file()]
-    for path in paths:
-        for form in (f"'{path}'", f'"{path}"', path):
-            text = text.replace(form, "", 1) if form in text else text
-    return " ".join(text.split()) if paths else text, paths
-
-
-def compose_message(text: str, files: list[tuple[str, str]]) -> str:
-    """The user's text, with files added by /read placed before it."""
-    parts = [f"Content of {name}:\n```\n{body.rstrip()}\n```" for name, body in files]
-    return "\n\n".join([*parts, text]) if parts else text
-
-
-class ReplState:
-    """What slash commands may touch: the session, settings, output and pending files."""
-
-    def __init__(self, session: Any, settings: Settings, *, stdout=None) -> None:
-        self.session = session
-        self.settings = settings
-        self.stdout = stdout or sys.stdout
-        self.pending_files: list[tuple[str, str]] = []
-        self.history: Any = None
-        # After Ctrl+C took a question back: the conversation's tail at that moment, so that
-        # /undo can tell that nothing was just added (and not drop an older exchange).
-        self.taken_back: tuple[Any] | None = None
-        self._out = None
-
-    @property
-    def out(self):
-        if self._out is None:
-            from chatcli.repl.render import make_renderer
-
-            self._out = make_renderer(
-                markdown=self.settings.markdown,
-                wordwrap=self.settings.wordwrap,
-                hide_thinking=self.settings.hide_thinking,
-                file=self.stdout,
-            )
-        return self._out
-
-    def settings_changed(self) -> None:
-        self._out = None
-        if self.history is not None:
-            self.history.enabled = self.settings.history
-
-    def ask(self, text: str) -> None:
-        """Send a message (with any /read files) and show the answer."""
-        text, images = find_images(text)
-        for path in images:
-            self.out.note(f"Added image '{path}'")
-        message = compose_message(text, self.pending_files)
-        self.pending_files = []
-        self._answer(lambda cancel: self.session.ask(message, cancel, images=images))
-
-    def retry(self) -> None:
-        """Answer the last question again."""
-        self._answer(self.session.retry)
-
-    def _answer(self, start) -> None:
-        """Stream one answer; if it was stopped, say what the conversation now holds."""
-        messages = self.session.messages
-        tail = messages[-1] if messages else None
-        cancel = CancelFlag()
-        events = start(cancel)
-        try:
-            outcome = stream_answer(events, self.out, cancel,
-                                    verbose=self.settings.verbose, fence=self.fence())
-        finally:  # also after an error: the session has taken the question back then too
-            messages = self.session.messages
-            kept = bool(messages) and messages[-1]["role"] == "assistant" \
-                and messages[-1] is not tail
-            self.taken_back = None if kept else (messages[-1] if messages else None,)
-        if outcome.cancelled and kept:
-            self.out.note("The partial answer is kept in the conversation (/undo drops it).")
-        elif outcome.cancelled:
-            self.out.note("Nothing was answered, so the question was taken back out of the "
-                          "conversation (press Up to edit and resend it).")
-
-    def fence(self) -> str | None:
-        """JSON answers (format set) are shown as a highlighted JSON block when the output
-        renders Markdown; a pipe or --plain gets the bare JSON."""
-        from chatcli.repl.render import MarkdownRenderer
-
-        return "json" if self.session.format and isinstance(self.out, MarkdownRenderer) else None
-
-    def model_names(self) -> list[str]:
-        from chatcli.models.catalog import model_names
-
-        return model_names()
-
-    def write_terminal(self, data: str) -> None:
-        self.stdout.write(data)
-        self.stdout.flush()
-
-
-def _make_history(enabled: bool):
-    from prompt_toolkit.history import FileHistory
-
-    class ToggleHistory(FileHistory):
-        """FileHistory that can stop writing (/set nohistory)."""
-
-        enabled = True
-
-        def store_string(self, string: str) -> None:
-            if self.enabled:
-                super().store_string(string)
-
+def _make_history(enabled: bool) -> ToggleHistory:
     path = history_file()
     path.parent.mkdir(parents=True, exist_ok=True)
     # The history holds everything typed: readable by its owner only.
@@ -178,16 +53,15 @@ def _make_history(enabled: bool):
     return history
 
 
-def _key_bindings():
+def _key_bindings() -> KeyBindings:
     from prompt_toolkit.filters import is_searching
-    from prompt_toolkit.key_binding import KeyBindings
 
     kb = KeyBindings()
     # During Ctrl+R search, Enter and Ctrl+J keep their default meaning (accept the match).
     typing = ~is_searching
 
     @kb.add("enter", filter=typing)
-    def _enter(event) -> None:
+    def _enter(event: Any) -> None:
         buf = event.current_buffer
         if multiline_open(buf.text):
             buf.insert_text("\n")
@@ -196,7 +70,7 @@ def _key_bindings():
 
     @kb.add("escape", "enter", filter=typing)
     @kb.add("c-j", filter=typing)
-    def _newline(event) -> None:
+    def _newline(event: Any) -> None:
         event.current_buffer.insert_text("\n")
 
     return kb
@@ -208,7 +82,8 @@ class RegistryCompleter(Completer):
     def __init__(self, state: ReplState) -> None:
         self.state = state
 
-    def get_completions(self, document, complete_event):
+    def get_completions(self, document: Document,
+                        complete_event: CompleteEvent) -> Iterable[Completion]:
         text = document.text_before_cursor
         if not text.startswith("/") or "\n" in text:
             return
@@ -221,11 +96,11 @@ class RegistryCompleter(Completer):
                     if n.startswith(name):
                         yield Completion(n, start_position=-len(name), display_meta=cmd.help)
             return
-        cmd = REGISTRY.find(name)
-        if cmd is None or cmd.completer is None:
+        found = REGISTRY.find(name)
+        if found is None or found.completer is None:
             return
         word = args.rsplit(" ", 1)[-1]
-        for candidate in cmd.completer(self.state, args):
+        for candidate in found.completer(self.state, args):
             # Candidates replace the current word (the last space-separated one).
             tail = candidate.rsplit(" ", 1)[-1]
             yield Completion(tail, start_position=-len(word))
@@ -247,15 +122,15 @@ def run_repl(state: ReplState) -> None:
     from prompt_toolkit.application import get_app
     from prompt_toolkit.formatted_text import FormattedText
 
-    def placeholder():
+    def placeholder() -> Any:
         # Hidden while Ctrl+R searching, where the buffer previews a match.
         if get_app().layout.is_searching:
             return ""
         return FormattedText([("fg:ansibrightblack", PLACEHOLDER)])
 
-    state.history = _make_history(state.settings.history)
-    prompt = PromptSession(
-        history=state.history,
+    history = state.history = _make_history(state.settings.history)
+    prompt: PromptSession[str] = PromptSession(
+        history=history,
         completer=RegistryCompleter(state),
         complete_while_typing=False,
         key_bindings=_key_bindings(),

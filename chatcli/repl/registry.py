@@ -6,16 +6,16 @@ help text, aliases, sub-commands and an argument completer; nothing else lists c
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
 from chatcli.core.errors import ChatCliError
+from chatcli.repl.state import ReplState
 
-Handler = Callable[[Any, str], None]
+Handler = Callable[[ReplState, str], None]
 # A completer gets (repl state, the argument text typed so far) and offers whole-word candidates
 # for the word being typed.
-ArgCompleter = Callable[[Any, str], Iterable[str]]
+ArgCompleter = Callable[[ReplState, str], Iterable[str]]
 
 
 class CommandNotFound(ChatCliError):
@@ -75,7 +75,7 @@ class Registry:
 
         return register
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[Command]:
         return iter(self._commands)
 
     def find(self, name: str) -> Command | None:
@@ -84,7 +84,7 @@ class Registry:
     def all_names(self) -> list[str]:
         return [n for c in self._commands if not c.hidden for n in c.names]
 
-    def dispatch(self, state: Any, line: str) -> None:
+    def dispatch(self, state: ReplState, line: str) -> None:
         """Run the command in ``line`` (which starts with '/')."""
         name, _, args = line.strip().partition(" ")
         cmd = self.find(name)

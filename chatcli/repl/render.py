@@ -474,7 +474,7 @@ def _markdown_kit() -> tuple[Any, Any, Any]:
     from rich.syntax import Syntax
 
     class NumberedItem(ListItem):
-        def render_number(self, console, options, number, last_number):  # type: ignore[override]
+        def render_number(self, console, options, number, last_number):
             width = len(str(last_number)) + 3
             lines = console.render_lines(
                 self.elements, options.update(width=options.max_width - width), style=self.style
@@ -486,7 +486,7 @@ def _markdown_kit() -> tuple[Any, Any, Any]:
                 yield Segment("\n")
 
     class WrappedCode(CodeBlock):
-        def __rich_console__(self, console, options):  # type: ignore[override]
+        def __rich_console__(self, console, options):
             code = str(self.text).rstrip()
             background = Syntax.get_theme(self.theme).get_background_style()
             inner = max(4, options.max_width - 2)  # one column of padding each side

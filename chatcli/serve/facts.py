@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from chatcli.core.errors import ChatCliError
+from chatcli.engine.output.plan import capabilities
 from chatcli.models.gguf import GGUFInfo, read_gguf
-from chatcli.models.modelinfo import capabilities, human_count, quantization
+from chatcli.models.modelinfo import human_count, quantization
 from chatcli.models.resolve import ResolvedModel, resolve
 from chatcli.models.store import CHUNK
 from chatcli.serve.http import reference

@@ -7,21 +7,24 @@ exception's type; anything else is a 500 whose message names no file and holds n
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import os
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
-from starlette.types import Send
+from starlette.types import Receive, Scope, Send
 
 from chatcli.core import textclean
 from chatcli.core.errors import ChatCliError, ModelLoadError, ModelNotFoundError
 
 log = logging.getLogger("chatcli.serve")
+T = TypeVar("T")
 
 NDJSON = "application/x-ndjson"
 
@@ -137,22 +140,52 @@ async def read_json(request: Request) -> dict[str, Any]:
     return data
 
 
-class NDJSONResponse(StreamingResponse):
-    """A stream of JSON lines whose generator is always closed, even when the client goes away
-    while a line is being sent: closing it is what stops the model's work."""
+class ClosingStreamingResponse(StreamingResponse):
+    """A streaming response that closes its body iterator however the response ends: when the
+    client goes away in the middle, Starlette abandons the iterator, and only closing it stops
+    the model's work."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            aclose = getattr(self.body_iterator, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+
+class NDJSONResponse(ClosingStreamingResponse):
+    """A stream of JSON lines, closed as ``ClosingStreamingResponse`` is."""
 
     media_type = NDJSON
 
     def __init__(self, lines: AsyncIterator[bytes], status_code: int = 200) -> None:
         super().__init__(lines, status_code=status_code, media_type=NDJSON)
 
-    async def stream_response(self, send: Send) -> None:
-        try:
-            await super().stream_response(send)
-        finally:
-            aclose = getattr(self.body_iterator, "aclose", None)
-            if aclose is not None:
-                await aclose()
+
+async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
+    """Await ``work``, cancelling it if the client hangs up first (which stops its model's
+    work: loading aside, a long prompt is abandoned within a graph node); then HTTPError 499."""
+    task = asyncio.ensure_future(work)
+
+    async def hung_up() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    watch = asyncio.ensure_future(hung_up())
+    try:
+        await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watch.cancel()
+        if not task.done():
+            # cancel() only asks: wait until the work has stopped (and so closed its events,
+            # which frees the model); reading its result before then raises InvalidStateError.
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    if task.cancelled():
+        raise HTTPError(499, "the client closed the connection")
+    return task.result()
 
 
 # -- request fields ----------------------------------------------------------------------------

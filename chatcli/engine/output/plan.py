@@ -9,12 +9,16 @@ A request the model cannot serve is a clear error naming the model, as Ollama's 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from chatcli.core.errors import NotSupportedError
 from chatcli.engine.output.parsing import OutputParser, PassThrough, pipeline
+
+if TYPE_CHECKING:
+    from chatcli.models.gguf import GGUFInfo
 
 THINK_VALUES = (True, False, "low", "medium", "high")
 
@@ -41,10 +45,28 @@ def tool_family(template: str) -> str | None:
     return family_for(template)
 
 
+def capabilities(header: GGUFInfo, projector: Path | None = None) -> list[str]:
+    """What a model can do, as ``chat show``, /show and /api/show list it, judged from its GGUF
+    header and files. Tools and thinking are ``plan()``'s own tests on the template the engine
+    formats with, so a capability shown is one a request can use."""
+    from chatcli.engine.output.toolcalls import supports_tools
+    from chatcli.models.modelinfo import chat_template, is_embedding
+
+    template = chat_template(header)
+    caps = ["embedding"] if is_embedding(header) else ["completion"]
+    if supports_tools(template):
+        caps.append("tools")
+    if thinking_style(template) is not None:
+        caps.append("thinking")
+    if projector is not None:
+        caps.append("vision")
+    return caps
+
+
 def plan(
     template: str,
     model: str,
-    messages: Sequence[dict[str, Any]],
+    messages: Sequence[Mapping[str, Any]],
     *,
     tools: Any = None,
     think: Any = None,
@@ -75,16 +97,12 @@ def plan(
             style, starts_in_thinking=opens_in_thinking(prompt), show=show))
 
     if tools:
-        from chatcli.engine.output.toolcalls import (
-            ToolCallParser,
-            supports_tools,
-            template_messages,
-        )
+        from chatcli.engine.output.toolcalls import ToolCallParser, template_messages
         from chatcli.engine.output.tools import normalize_tools
 
-        if not template or not supports_tools(template):
+        family = tool_family(template)  # None: no tool support (supports_tools is False)
+        if family is None:
             raise NotSupportedError(f"model '{model}' does not support tools")
-        family = tool_family(template)
         result.template_vars["tools"] = normalize_tools(tools)
         result.special |= family in ("mistral", "llama3")
         parsers.append(lambda prompt: ToolCallParser(family))

@@ -19,6 +19,7 @@ from typing import Any
 
 from chatcli.core.errors import InvalidOptionError
 from chatcli.core.events import ContentDelta, Event, ThinkingDelta, ToolCall
+from chatcli.core.messages import THINK_EFFORTS as _EFFORTS
 
 _OPEN, _CLOSE = "<think>", "</think>"
 
@@ -35,7 +36,6 @@ _HARMONY_ENDS = ("<|end|>", "<|return|>", "<|call|>")
 _HEADER_LIMIT = 256  # a header is "assistant to=functions.x<|channel|>commentary json"
 _RECIPIENT = re.compile(r"\bto=([^\s<]+)")
 
-_EFFORTS = ("low", "medium", "high")
 
 
 def style_for(template_source: str) -> str | None:

@@ -393,12 +393,18 @@ def _partial_marker(text: str, markers: Sequence[str]) -> int:
     return longest
 
 
+def _name_at(text: str, pos: int = 0) -> str:
+    """The run of name characters at ``pos`` of ``text``; empty when there is none."""
+    match = _NAME_CHARS.match(text, pos)  # the pattern matches the empty string too
+    return match.group() if match else ""
+
+
 def _mistral_head(text: str) -> tuple[str, int] | tuple[()] | None:
     """``name[ARGS]`` or ``name[CALL_ID]id[ARGS]`` at the start of ``text``.
 
     Returns (name, length consumed), None while it may still become one, () if it cannot.
     """
-    name = _NAME_CHARS.match(text).group()
+    name = _name_at(text)
     rest = text[len(name):]
     if not rest:
         return None
@@ -407,7 +413,7 @@ def _mistral_head(text: str) -> tuple[str, int] | tuple[()] | None:
     if rest.startswith(_MISTRAL_ARGS):
         return name, len(name) + len(_MISTRAL_ARGS)
     if rest.startswith(_MISTRAL_CALL_ID):
-        call_id = _NAME_CHARS.match(rest, len(_MISTRAL_CALL_ID)).group()
+        call_id = _name_at(rest, len(_MISTRAL_CALL_ID))
         after = rest[len(_MISTRAL_CALL_ID) + len(call_id):]
         if after.startswith(_MISTRAL_ARGS):
             return name, len(text) - len(after) + len(_MISTRAL_ARGS)
