@@ -16,7 +16,7 @@ from pathlib import Path
 from .common import Section, env_summary
 
 HERE = Path(__file__).resolve().parent
-PARTS = ("generation", "multiturn", "endtoend", "rendering", "startup", "memory")
+PARTS = ("generation", "multiturn", "resume", "endtoend", "rendering", "startup", "memory")
 
 
 def markdown(sections: list[Section], env: dict[str, str]) -> str:
@@ -64,6 +64,7 @@ def main() -> int:
         "generation": lambda: engine_bench.generation(path, (32, 128) if quick else (128, 2048),
                                                       reps),
         "multiturn": lambda: engine_bench.multi_turn(path, 5 if quick else 20),
+        "resume": lambda: engine_bench.resume(path, 3),
         "endtoend": lambda: terminal_bench.end_to_end(DEFAULT_MODEL, path,
                                                       64 if quick else 600, 1 if quick else 9),
         "rendering": lambda: terminal_bench.rendering(reps),

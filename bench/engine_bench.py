@@ -160,3 +160,83 @@ def memory(path: Path, turns: int) -> Section:
                             f"{after_first:.0f} MB", after_all / after_first, "<= 1.05",
                             f"KV cache + state {kv_mb:.0f} MB, allocated up front"))
     return section
+
+
+def resume(path: Path, reps: int, target: int = 3000) -> Section:
+    """Time to first token of the next turn of a ~3,000-token conversation resumed in a fresh
+    context: with its saved KV state (engine/states.py) vs evaluating the history again.
+    Interleaved in one run; each try starts from an empty cache, as a new process would."""
+    import os
+    import tempfile
+
+    from chatcli.core.events import ContentDelta
+    from chatcli.engine import states
+
+    n_ctx = 4096
+    opts = {**GEN_OPTS, "num_ctx": n_ctx}
+    engine = _engine(path, n_ctx)
+    home = os.environ.get("CHATCLI_HOME")
+    empty = tempfile.mkdtemp(prefix="chatcli-bench-nostate-")
+    msgs: list[dict] = [{"role": "system", "content": "You are a helpful assistant."}]
+    topics = ["lighthouses", "tides", "whales", "coral", "storms", "harbours", "sailing",
+              "islands", "fishing", "navigation", "salt", "waves", "shells", "ferries"]
+    i = 0
+    while len(engine.tokenize(engine.render(msgs))) < target:
+        topic = topics[i % len(topics)]
+        msgs.append({"role": "user", "content": f"Question {i + 1}: tell me about {topic}."})
+        msgs.append({"role": "assistant", "content": (
+            f"Here is what I know about {topic} (part {i + 1}). " + LONG_PROMPT[:700])})
+        i += 1
+    msgs.append({"role": "user", "content": "Now sum up the first topic in one line."})
+    try:
+        # The conversation as it was saved: answered, then its state written.
+        text = "".join(e.text for e in engine.chat(msgs, {**opts, "num_predict": 16})
+                       if isinstance(e, ContentDelta))
+        msgs.append({"role": "assistant", "content": text})
+        tokens = engine.cached_tokens
+        start = time.perf_counter()
+        assert engine.save_state(), "the state was not saved"
+        save_s = time.perf_counter() - start
+        count, size = states.StateStore().usage()
+        assert count == 1
+        msgs.append({"role": "user", "content": "And the second one?"})
+
+        def first_token(with_state: bool) -> tuple[float, int]:
+            os.environ["CHATCLI_HOME"] = home if with_state and home else empty
+            engine.reset_cache()  # a fresh context: nothing of the conversation in it
+            start = time.perf_counter()
+            ttft = None
+            for event in engine.chat(msgs, {**opts, "num_predict": 1}):
+                if isinstance(event, ContentDelta) and ttft is None:
+                    ttft = time.perf_counter() - start
+                done = event
+            ttft = ttft or time.perf_counter() - start
+            m = done.metrics
+            return ttft, m.prompt_eval_count - m.prompt_cached_count
+
+        first_token(True)  # warm-up: the state file in the page cache, as right after a save
+        ours, base, evaluated = [], [], []
+        for rep in range(reps):
+            for with_state in ((True, False) if rep % 2 == 0 else (False, True)):
+                ttft, n = first_token(with_state)
+                (ours if with_state else base).append(ttft)
+                if with_state:
+                    evaluated.append(n)
+    finally:
+        if home is not None:
+            os.environ["CHATCLI_HOME"] = home
+        engine.close()
+    o, b = median(ours), median(base)
+    section = Section(f"Resume: the next turn of a {tokens}-token conversation (num_ctx {n_ctx})")
+    section.rows.append(Row("time to first token: saved state vs re-evaluation",
+                            f"{o * 1000:.0f} ms", f"{b * 1000:.0f} ms", o / b, "<= 0.1",
+                            f"median of {reps}; {max(evaluated)} tokens evaluated, not {tokens}"))
+    section.rows.append(Row("state size per 1k tokens", f"{size / tokens * 1000 / 2**20:.1f} MiB",
+                            "", None, "", f"{size / 2**20:.1f} MiB for {tokens} tokens"))
+    section.rows.append(Row("time to save the state", f"{save_s * 1000:.0f} ms", "", None, ""))
+    section.text = (
+        f"Spread: with the state {min(ours) * 1000:.0f}-{max(ours) * 1000:.0f} ms, "
+        f"re-evaluation {min(base) * 1000:.0f}-{max(base) * 1000:.0f} ms. The state file was "
+        "in the page cache (as right after it was saved); read from a cold disk it adds its "
+        "size over the disk's read speed.")
+    return section

@@ -13,8 +13,10 @@ from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
-from chatcli.client.accumulate import accumulate
+from chatcli.client.accumulate import Accumulator, accumulate
+from chatcli.client.conversation import Conversation
 from chatcli.client.local import run_chat, with_model_system
+from chatcli.client.log import Recorder, log_path
 from chatcli.core import options as opts_mod
 from chatcli.core import textclean
 from chatcli.core.errors import ChatCliError
@@ -47,12 +49,15 @@ def chat(
     format: str | dict | None = None,
     options: Mapping[str, Any] | None = None,
     keep_alive: float | str | None = None,
+    log: bool = False,
 ) -> ChatResponse | Iterator[ChatResponse]:
     """Answer ``messages`` with ``model``, loading it in this process if needed.
 
     With ``stream=False`` returns one ``ChatResponse``; with ``stream=True`` an iterator of
     chunks: ``done=False`` chunks carry ``message.content`` deltas, the last one (``done=True``)
     carries the metrics. Raises ``ChatCliError`` subclasses for anything the caller got wrong.
+    With ``log=True`` the exchange is recorded in the conversation log (``chat log``); a call
+    whose messages continue the previous logged call's is added to the same conversation.
     """
     start = time.perf_counter_ns()
     msgs = check_messages(messages)
@@ -64,9 +69,12 @@ def chat(
     opts = opts_mod.accept(options).options  # lenient, as Ollama is with programs
     keep = parse_keep_alive(keep_alive)
     resolved = resolve(model or DEFAULT_MODEL)
+    logged = list(msgs)
     msgs = with_model_system(msgs, resolved)
     request = {"tools": tools, "think": think, "format": format}
     events = _events(resolved, msgs, opts, request, keep, start)
+    if log:
+        events = _logged(events, Conversation(resolved.name, logged, opts, format, think))
     if stream:
         return _chunks(resolved.name, events)
     answer = accumulate(events)
@@ -76,6 +84,24 @@ def chat(
     message = Message(role="assistant", content=answer.content,
                       thinking=answer.thinking or None, tool_calls=calls or None)
     return _final(resolved.name, answer.done, message)
+
+
+_recorders: dict[Any, Recorder] = {}
+
+
+def _logged(events: Iterator[Event], conv: Conversation) -> Iterator[Event]:
+    """The events, passed on; once they end, the exchange goes into the conversation log."""
+    answer = Accumulator()
+    for event in events:
+        answer.add(event)
+        yield event
+    message = answer.message()
+    if message is not None:
+        # One recorder per log file for the process, so that a caller's growing conversation
+        # stays one logged conversation.
+        recorder = _recorders.setdefault(log_path(), Recorder())
+        conv.messages.append(message)
+        recorder.record(conv, answer.done)
 
 
 def _record(call: ToolCall, index: int) -> ToolCallRecord:

@@ -2,9 +2,13 @@
 _chat() {
     local cur="${COMP_WORDS[COMP_CWORD]}" prev="${COMP_WORDS[COMP_CWORD-1]}"
     if [[ $COMP_CWORD -eq 1 ]]; then
-        COMPREPLY=($(compgen -W "cp create info list pull rm run serve show --version -V --install-completion --show-completion --help -h" -- "$cur")); return
+        COMPREPLY=($(compgen -W "config cp create info list log pull rm run serve show --version -V --install-completion --show-completion --help -h" -- "$cur")); return
     fi
     case "${COMP_WORDS[1]}" in
+        config)
+            case "$prev" in
+            esac
+            COMPREPLY=($(compgen -W "--debug --help -h" -- "$cur"));;
         cp)
             case "$prev" in
             esac
@@ -26,6 +30,11 @@ _chat() {
             case "$prev" in
             esac
             COMPREPLY=($(compgen -W "--debug --help -h" -- "$cur"));;
+        log)
+            case "$prev" in
+                --limit|-n) return;;
+            esac
+            COMPREPLY=($(compgen -W "--limit -n --debug --help -h" -- "$cur"));;
         pull)
             case "$prev" in
             esac
@@ -41,13 +50,13 @@ _chat() {
         run)
             case "$prev" in
                 --format|--load|--mmproj) COMPREPLY=($(compgen -f -- "$cur")); return;;
-                --system|--temperature|--num-ctx|--seed|--num-predict|--option|-o|--host) return;;
+                --system|--temperature|--num-ctx|--seed|--num-predict|--option|-o|--host|--conversation) return;;
             esac
             if [[ "$cur" != -* ]]; then
                 COMPREPLY=($(compgen -W "$(chat list 2>/dev/null | awk 'NR>1 {print $1}')" -- "$cur"))
                 return
             fi
-            COMPREPLY=($(compgen -W "--system --temperature --num-ctx --seed --num-predict --option -o --format --think --nothink --hidethinking --verbose --nowordwrap --plain --load --mmproj --host --debug --help -h" -- "$cur"));;
+            COMPREPLY=($(compgen -W "--system --temperature --num-ctx --seed --num-predict --option -o --format --think --nothink --hidethinking --showthinking --verbose --noverbose --nowordwrap --wordwrap --plain --markdown --load --mmproj --host --continue -c --conversation --no-log --debug --help -h" -- "$cur"));;
         serve)
             case "$prev" in
                 --host|--port) return;;

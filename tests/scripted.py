@@ -63,6 +63,9 @@ class ScriptedClient(ChatClient):
                                    prompt_eval_duration=2, eval_count=len(words),
                                    eval_duration=5))
 
+    def save_state(self, model: str) -> bool:
+        return False
+
     def show(self, model: str, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
         return {"name": model, "path": "/models/x.gguf", "architecture": "llama",
                 "parameters": "1M", "context length": "512", "embedding length": "32",

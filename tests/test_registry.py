@@ -23,8 +23,8 @@ def test_register_dispatch_and_aliases():
         reg.command("/e", "/e", "dup")(echo)
 
 
-EXPECTED = ["/set", "/show", "/save", "/load", "/clear", "/retry", "/undo", "/read", "/copy",
-            "/model", "/bye", "/help"]
+EXPECTED = ["/set", "/show", "/save", "/load", "/history", "/resume", "/clear", "/retry",
+            "/undo", "/read", "/copy", "/model", "/bye", "/help"]
 
 
 def test_help_lists_the_commands_in_order_with_their_aliases():

@@ -111,7 +111,7 @@ def test_cancel_before_the_first_token(remote):
     start = time.monotonic()
     events = list(remote.chat(MODEL, long_prompt, {**DET, "num_predict": 400}, cancel=cancel))
     assert events[-1].done_reason == "cancelled"
-    assert time.monotonic() - start < 1.5
+    assert time.monotonic() - start < 3.0  # a whole 400-token answer takes > 5 s
     # The server notices the hang-up once it has something to send, at the latest.
     wait_for_model_lock(60)
 
@@ -206,7 +206,7 @@ def test_repl_through_the_server(server, bundled_path, cli_env):
     child.send("\x03")
     child.expect("Stopped.", timeout=10)
     child.expect(ready, timeout=10)
-    assert time.monotonic() - started < 1.5
+    assert time.monotonic() - started < 5.0  # generous; the whole answer takes > 20 s
     wait_for_model_lock(2)
     child.send("/show info\r")
     child.expect(f"remote: {server.url}")

@@ -14,7 +14,8 @@ from typing import Any
 
 import typer
 
-from chatcli.cli import info, models, serve
+from chatcli.cli import config as config_cli
+from chatcli.cli import info, log, models, serve
 from chatcli.cli.guard import Fail, guarded
 
 app = typer.Typer(
@@ -34,7 +35,9 @@ given. Otherwise chat answers once and exits: the prompt is the piped stdin foll
 PROMPT words, so `cat notes.txt | chat run m "summarize this"` works. When stdout is not a
 terminal the answer is plain text with no escape codes.
 
-MODEL defaults to `default_model` in config.json (or $CHATCLI_MODEL), else smollm2:135m.
+MODEL defaults to $CHATCLI_MODEL, else `model` in config.toml (chat config path), else
+smollm2:135m; an alias from the file's [aliases] table works too. Flags override the
+environment, which overrides config.toml, which overrides the model's own defaults.
 Exit codes: 0 ok, 1 error, 130 interrupted.
 """
 
@@ -66,13 +69,17 @@ class RunOptions:
     options: dict[str, Any] = field(default_factory=dict)  # engine options, validated
     format: str | None = None  # "json" or a JSON-schema file
     think: bool | None = None
-    hidethinking: bool = False
-    verbose: bool = False
-    nowordwrap: bool = False
-    plain: bool = False
+    # None: not given on the command line (config.toml or the environment decide)
+    hidethinking: bool | None = None
+    verbose: bool | None = None
+    nowordwrap: bool | None = None
+    plain: bool | None = None
     load: Path | None = None
     mmproj: Path | None = None
     host: str | None = None
+    cont: bool = False  # --continue: the most recent logged conversation
+    conversation: str | None = None  # --conversation ID
+    log: bool | None = None  # False with --no-log
 
 
 def _options(
@@ -120,10 +127,19 @@ def run(
     think: bool | None = typer.Option(
         None, "--think/--nothink", help="Let a thinking model reason first (or not)."
     ),
-    hidethinking: bool = typer.Option(False, "--hidethinking", help="Do not show reasoning."),
-    verbose: bool = typer.Option(False, "--verbose", help="Show timings after each answer."),
-    nowordwrap: bool = typer.Option(False, "--nowordwrap", help="Do not wrap plain text."),
-    plain: bool = typer.Option(False, "--plain", help="Raw text instead of Markdown."),
+    # The display flags come in pairs, so that either can override config.toml.
+    hidethinking: bool | None = typer.Option(
+        None, "--hidethinking/--showthinking", help="Do not show reasoning (or do)."
+    ),
+    verbose: bool | None = typer.Option(
+        None, "--verbose/--noverbose", help="Show timings after each answer (or not)."
+    ),
+    nowordwrap: bool | None = typer.Option(
+        None, "--nowordwrap/--wordwrap", help="Do not wrap plain text (or do)."
+    ),
+    plain: bool | None = typer.Option(
+        None, "--plain/--markdown", help="Raw text instead of Markdown (or Markdown)."
+    ),
     load: Path | None = typer.Option(
         None, "--load", help="Start from a conversation saved with /save."
     ),
@@ -134,6 +150,15 @@ def run(
         None, "--host", envvar="CHATCLI_HOST",
         help="Use the model on a chat serve or Ollama server (URL or host:port).",
     ),
+    cont: bool = typer.Option(
+        False, "--continue", "-c", help="Continue the most recent logged conversation."
+    ),
+    conversation: str | None = typer.Option(
+        None, "--conversation", help="Continue the logged conversation ID (see chat log)."
+    ),
+    no_log: bool = typer.Option(
+        False, "--no-log", help="Do not record this chat in the conversation log."
+    ),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks and llama.cpp logs."),
 ) -> None:
     def action() -> int:
@@ -142,6 +167,7 @@ def run(
             options=_options(temperature, num_ctx, seed, num_predict, option),
             format=format, think=think, hidethinking=hidethinking, verbose=verbose,
             nowordwrap=nowordwrap, plain=plain, load=load, mmproj=mmproj, host=host,
+            cont=cont, conversation=conversation, log=False if no_log else None,
         ))
 
     raise typer.Exit(guarded(debug, action))
@@ -153,12 +179,19 @@ def _run(opts: RunOptions) -> int:
     from chatcli.client.interface import ChatClient
     from chatcli.client.local import LocalClient
     from chatcli.client.session import Session
-    from chatcli.core.config import default_model
+    from chatcli.core import config
+    from chatcli.models.resolve import expand_alias
     from chatcli.repl.loop import ReplState, Settings, run_repl
 
     interactive = not opts.words and sys.stdin.isatty() and sys.stdout.isatty()
     conv = load_conversation(opts.load) if opts.load else None
-    model = opts.model or (conv.model if conv and conv.model else None) or default_model()
+    logged = _logged_conversation(opts)
+    if logged is not None:
+        conv = logged.conversation
+        opts = _prompt_not_model(opts)
+        interactive = not opts.words and sys.stdin.isatty() and sys.stdout.isatty()
+    model = opts.model or (conv.model if conv and conv.model else None) or config.default_model()
+    model = expand_alias(model, config.aliases())
     fmt = load_format(opts.format) if opts.format else None
     if opts.host and opts.mmproj is not None:
         raise Fail("--mmproj needs a local model; it cannot be used with --host")
@@ -169,7 +202,10 @@ def _run(opts: RunOptions) -> int:
         client = RemoteClient(opts.host)
     else:
         client = LocalClient()
-    session = Session(client, model)
+    # config.toml's (and the environment's) options and system prompt: below a loaded
+    # conversation's and the flags, above the model's own defaults.
+    session = Session(client, model, recorder=_recorder(opts, logged),
+                      options=config.options(), system=config.get("system"))
     if conv:
         session.apply(conv)
         session.model = model
@@ -185,8 +221,13 @@ def _run(opts: RunOptions) -> int:
             raise Fail(f"no such projector file: {opts.mmproj}")
         session.projector = opts.mmproj.resolve()
     session.switch_model(model)  # fail now, with the model's name, if it does not exist
-    settings = Settings(verbose=opts.verbose, markdown=not opts.plain,
-                        wordwrap=not opts.nowordwrap, hide_thinking=opts.hidethinking)
+    settings = Settings(
+        verbose=config.get_bool("verbose", opts.verbose),
+        markdown=config.get_bool("markdown", None if opts.plain is None else not opts.plain),
+        wordwrap=config.get_bool("wordwrap",
+                                 None if opts.nowordwrap is None else not opts.nowordwrap),
+        hide_thinking=config.get_bool("hidethinking", opts.hidethinking),
+    )
     state = ReplState(session, settings)
     if interactive:
         run_repl(state)
@@ -202,8 +243,54 @@ def _run(opts: RunOptions) -> int:
     text, images = find_images(text)
     cancel = CancelFlag()
     outcome = stream_answer(session.ask(text, cancel, images=images), state.out, cancel,
-                            verbose=opts.verbose, fence=state.fence())
+                            verbose=settings.verbose, fence=state.fence())
     return 130 if outcome.cancelled else 0
+
+
+def _logged_conversation(opts: RunOptions) -> Any:
+    """The logged conversation that --continue or --conversation asks for, or None."""
+    if not opts.cont and opts.conversation is None:
+        return None
+    from chatcli.client.log import Log
+
+    if opts.load is not None:
+        raise Fail("--load and --continue/--conversation cannot be used together")
+    log = Log()
+    wanted = opts.conversation or log.latest_id()
+    if wanted is None:
+        raise Fail("no logged conversation to continue yet")
+    return log.get(wanted)
+
+
+def _prompt_not_model(opts: RunOptions) -> RunOptions:
+    """`chat run -c "and Italy?"`: when continuing, a MODEL argument that names no model is
+    the prompt's first word (the conversation's own model answers)."""
+    from dataclasses import replace
+
+    from chatcli.core import config
+    from chatcli.core.errors import ChatCliError
+    from chatcli.models.resolve import resolve
+
+    if not opts.model or opts.host:
+        return opts
+    try:
+        resolve(opts.model, config.aliases())
+    except ChatCliError:
+        return replace(opts, model=None, words=(opts.model, *opts.words))
+    return opts
+
+
+def _recorder(opts: RunOptions, logged: Any) -> Any:
+    """The conversation log's recorder, attached to a continued conversation; None when
+    logging is off (--no-log, CHATCLI_NOLOG)."""
+    from chatcli.client.log import Recorder, logging_enabled
+
+    if not logging_enabled(opts.log):
+        return None
+    recorder = Recorder()
+    if logged is not None:
+        recorder.attach(logged.id, logged.conversation.messages)
+    return recorder
 
 
 def _one_shot_prompt(piped: str, words: Sequence[str]) -> str:
@@ -215,7 +302,9 @@ def _one_shot_prompt(piped: str, words: Sequence[str]) -> str:
     return piped.strip() and piped or prompt
 
 
+config_cli.register(app)
 info.register(app)
+log.register(app)
 models.register(app)
 serve.register(app)
 

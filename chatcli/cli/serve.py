@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import errno
 import ipaddress
-import os
 import socket
 import sys
 
 import typer
 
 from chatcli.cli.guard import Fail, guarded
-from chatcli.core.hosts import DEFAULT_PORT, HOST_ENV, parse_host
+from chatcli.core.hosts import DEFAULT_PORT, parse_host
 
 
 def listen_address(text: str) -> tuple[str, int]:
@@ -51,8 +50,9 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 def serve(
-    host: str | None = typer.Option(None, "--host", help="Address to listen on "
-                                    "[default: 127.0.0.1, or $CHATCLI_HOST]"),
+    host: str | None = typer.Option(None, "--host", help="Address to listen on [default: "
+                                    "$CHATCLI_HOST, else [server] host in config.toml, "
+                                    "else 127.0.0.1]"),
     port: int | None = typer.Option(None, "--port", help=f"Port [default: {DEFAULT_PORT}]"),
     verbose: bool = typer.Option(False, "--verbose", help="Log every request."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
@@ -63,9 +63,11 @@ def serve(
     def action() -> None:
         import uvicorn
 
+        from chatcli.core import config as user_config
         from chatcli.serve.app import build_app
 
-        env_host, env_port = listen_address(os.environ.get(HOST_ENV) or "")
+        # --host/--port, else $CHATCLI_HOST, else config.toml's [server] host
+        env_host, env_port = listen_address(user_config.get("server.host"))
         address = host or env_host
         number = port if port is not None else env_port
         if not 0 <= number < 65536:

@@ -42,3 +42,10 @@ class ChatClient(Protocol):
         quantization, capabilities, license, template (and template_is_fallback), system,
         model_options, name and path."""
         ...
+
+    def save_state(self, model: str) -> bool:
+        """Keep what ``model`` has read of the conversation (its KV cache) on disk, so that
+        resuming the conversation later does not read the history again. A capability, not a
+        duty: a client that cannot (a remote server) does nothing and returns False. Never
+        raises for a failed save: the state is only a cache."""
+        ...

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from chatcli.client.interface import ChatClient
+from chatcli.core.errors import ChatCliError
 from chatcli.core.events import Done, Event
 from chatcli.engine.loaded import CACHE
 from chatcli.engine.output.plan import capabilities
@@ -78,6 +79,21 @@ class LocalClient(ChatClient):
                                 format=format, think=think, tools=tools, cancel=cancel)
         finally:
             CACHE.release(entry, None)
+
+    def save_state(self, model: str) -> bool:
+        """Save the KV cache of ``model``'s loaded engine to the state store (engine.states);
+        nothing when the model is not loaded. The next process that resumes the conversation
+        restores it instead of reading the history again."""
+        try:
+            path = str(resolve(model).path)
+        except ChatCliError:
+            return False
+        saved = False
+        for entry in CACHE.loaded():
+            if entry.key[0] == path:
+                with entry.lock:  # never while an answer is being written into the cache
+                    saved = entry.engine.save_state() or saved
+        return saved
 
     def show(self, model: str, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Model facts for /show, read from the GGUF header (nothing is loaded)."""

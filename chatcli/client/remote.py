@@ -118,6 +118,10 @@ class RemoteClient(ChatClient):
             "path": f"remote: {self.base_url}",
         }
 
+    def save_state(self, model: str) -> bool:
+        """Nothing to do: the server keeps its own KV cache."""
+        return False
+
     # -- internals -------------------------------------------------------------------------
 
     def _show(self, model: str) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Generator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from chatcli.client import conversation
 from chatcli.client.accumulate import Accumulator
@@ -21,6 +21,13 @@ from chatcli.core import options as opts_mod
 from chatcli.core.errors import RequestError
 from chatcli.core.events import Done, Event
 from chatcli.core.textclean import clean_text
+
+
+class Recorder(Protocol):
+    """Something that keeps finished exchanges (the conversation log, ``client/log.py``)."""
+
+    def record(self, conversation: conversation.Conversation, done: Done | None) -> None:
+        """Called once after each answer that joined the conversation; must not raise."""
 
 
 class Session:
@@ -33,8 +40,10 @@ class Session:
         options: dict[str, Any] | None = None,
         format: Any = None,
         think: Any = None,
+        recorder: Recorder | None = None,
     ) -> None:
         self.client = client
+        self.recorder = recorder
         self.model = model
         self.messages: list[dict[str, Any]] = []
         self.options: dict[str, Any] = opts_mod.validate(options)
@@ -122,6 +131,9 @@ class Session:
             message = answer.message()
             if message is not None:
                 self.messages.append(message)
+                if self.recorder is not None:  # after the answer, never inside the stream
+                    self.recorder.record(self.to_conversation(), answer.done)
+                    self.client.save_state(self.model)  # its KV cache, for a resume
             elif self.messages and self.messages[-1]["role"] == "user":
                 self.messages.pop()
 
@@ -135,6 +147,7 @@ class Session:
 
     def save(self, path: Path) -> None:
         conversation.save(path, self.to_conversation())
+        self.client.save_state(self.model)  # its KV cache: resuming it skips the history
 
     def load(self, path: Path) -> conversation.Conversation:
         """Replace the conversation with a saved one (validated first: all or nothing)."""

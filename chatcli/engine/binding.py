@@ -206,6 +206,45 @@ def new_sampler():
     return _internals.LlamaSampler()
 
 
+def context_layout() -> dict[str, Any]:
+    """What this build puts into a context's KV cache besides the model and its shape: a saved
+    sequence state is only valid for a context made the same way (see ``new_context``)."""
+    lc = llama()
+    return {
+        "llama_cpp_python": getattr(lc, "__version__", "?"),
+        "state_seq_version": getattr(lc, "LLAMA_STATE_SEQ_VERSION", 0),
+        "type_k": "f16",  # llama_context_default_params; new_context keeps them
+        "type_v": "f16",
+        "flash_attn": "auto",
+        "gpu_offload": gpu_offload_supported(),
+        "n_seq_max": 1,
+    }
+
+
+def get_sequence_state(ctx) -> Any:
+    """The KV-cache state of sequence 0 of ``ctx`` (a LlamaContext), as a ctypes byte array
+    (a buffer: write it with ``memoryview``); None when llama.cpp cannot serialise it."""
+    import ctypes
+
+    lc = llama()
+    size = lc.llama_state_seq_get_size(ctx.ctx, 0)
+    if size <= 0:
+        return None
+    buf = (ctypes.c_uint8 * size)()
+    written = lc.llama_state_seq_get_data(ctx.ctx, buf, size, 0)
+    if written != size:
+        return None
+    return buf
+
+
+def set_sequence_state(ctx, data: Any) -> bool:
+    """Load a state from ``get_sequence_state`` (a ctypes uint8 array) into sequence 0 of
+    ``ctx``, whose KV cache must be empty. False when llama.cpp refuses it (another layout,
+    another format); the caller then clears the cache, which may hold part of it."""
+    lc = llama()
+    return lc.llama_state_seq_set_data(ctx.ctx, data, len(data), 0) > 0
+
+
 def _context_params(*, n_ctx: int, n_batch: int, n_threads: int):
     params = llama().llama_context_default_params()
     params.n_ctx = n_ctx

@@ -26,9 +26,10 @@ from chatcli.core.errors import (
 )
 from chatcli.core.events import Done, Event, Metrics, Trimmed
 from chatcli.engine import binding as backend
-from chatcli.engine import memory, safemode
+from chatcli.engine import memory, safemode, states
 from chatcli.engine.cancel import CancelFlag, abort_callback
 from chatcli.engine.output.parsing import OutputParser
+from chatcli.engine.states import common_prefix
 from chatcli.engine.template import ChatTemplate
 from chatcli.engine.textstream import StopMatcher, Utf8Stream
 
@@ -44,15 +45,6 @@ _RANDOM_SEED = 0xFFFFFFFF  # LLAMA_DEFAULT_SEED: llama.cpp picks a random seed
 # num_ctx above the model's training context is lowered to it unless this is set (to 1).
 LONG_CONTEXT_ENV = "CHATCLI_ALLOW_LONG_CONTEXT"
 _log = logging.getLogger("chatcli")
-
-
-def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    """Length of the longest common prefix of two token lists."""
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
 
 
 class Engine:
@@ -88,6 +80,8 @@ class Engine:
         self._shape: memory.ModelShape | None = None
         self._pieces: tuple[int, bool] | None = None  # see min_tokens
         self._clamped: set[int] = set()  # num_ctx values already lowered to n_ctx_train
+        self._states = states.StateStore()  # saved KV caches (see save_state and _resume)
+        self._layouts: dict[tuple[int, int, int], str] = {}  # (n_ctx, n_batch, gpu) -> key
         meta = self._model.metadata
         self.template = ChatTemplate(
             meta.get("tokenizer.chat_template"),
@@ -295,6 +289,73 @@ class Engine:
         # Positions only: -1 never equals a real token, so the next turn re-reads everything.
         self._cache.extend([-1] * n_past)
         return time.perf_counter_ns() - start
+
+    def save_state(self) -> bool:
+        """Save the KV cache (the tokens read so far and their keys and values) to the state
+        store, so that a later process resuming this conversation need not read it again.
+        False when there is nothing to save, saving is off (``states.limits``), or the same
+        state is stored already. Not an error when it fails: a state is only a cache."""
+        tokens = list(self._cache)
+        bound = states.limits()
+        if len(tokens) < states.MIN_GAIN or min(tokens) < 0 or not bound.enabled:
+            return False  # nothing worth keeping, or image positions (no token ids)
+        ctx = self._ctx
+        if ctx is None:  # closed (unloaded) meanwhile
+            return False
+        layout = self._layout()
+        if self._states.has(layout, tokens):
+            return False
+        data = backend.get_sequence_state(ctx)
+        if data is None:
+            return False
+        try:
+            return self._states.save(layout, tokens, data, bound) is not None
+        except OSError as e:
+            _log.debug("could not save the KV cache state: %s", e)
+            return False
+
+    def _layout(self) -> str:
+        """The state store's key for this context: a state saved under it is valid here, and
+        under any other key is not (another model file, context shape, offload or build)."""
+        _, _, (n_ctx, n_batch) = self._live
+        shape = (n_ctx, n_batch, self.gpu_layers)
+        if shape not in self._layouts:
+            path = self._model.path.resolve()
+            st = path.stat()
+            self._layouts[shape] = states.layout_key({
+                "model": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+                "n_ctx": n_ctx, "n_batch": n_batch, "gpu_layers": self.gpu_layers,
+                **backend.context_layout(),
+            })
+        return self._layouts[shape]
+
+    def _resume(self, tokens: list[int], n_past: int) -> int:
+        """Load a stored state that covers more of ``tokens`` than the live cache does (its
+        first ``n_past``); returns how many tokens the cache now holds. A state that does not
+        load (corrupt, unreadable by this llama.cpp) is ignored: the prompt is read as usual."""
+        if len(tokens) - n_past <= states.MIN_GAIN:
+            return n_past
+        try:
+            found = self._states.best(self._layout(), tokens, n_past + states.MIN_GAIN)
+            data = None if found is None else self._states.read_state(found[0])
+        except OSError:
+            return n_past
+        if found is None or data is None:
+            return n_past
+        stored, n = found
+        ctx, _, _ = self._live
+        self._cache.clear()
+        ctx.kv_cache_clear()
+        # Keep only the shared prefix: the stored tail may differ from this prompt. A memory
+        # that cannot drop a tail (recurrent models) refuses, and the state is not used.
+        if not backend.set_sequence_state(ctx, data) or (
+            n < len(stored.tokens) and not ctx.kv_cache_seq_rm(0, n, -1)
+        ):
+            _log.debug("ignoring the state %s: llama.cpp did not load it", stored.path)
+            ctx.kv_cache_clear()
+            return 0
+        self._cache.extend(tokens[:n])
+        return n
 
     def reset_cache(self) -> None:
         """Forget the KV cache (the next turn evaluates its whole prompt)."""
@@ -677,6 +738,10 @@ class Engine:
             # Prompt: evaluate only what the KV cache does not already hold. At least one token
             # is evaluated so that there are fresh logits to sample from.
             n_past = min(common_prefix(cache, tokens), len(tokens) - 1)
+            # A saved state (an earlier process's cache) may cover more of it.
+            restore_start = time.perf_counter_ns()
+            n_past = min(self._resume(tokens, n_past), len(tokens) - 1)
+            metrics.load_duration += time.perf_counter_ns() - restore_start
             del cache[n_past:]  # shrink our record first: it must never claim more than the KV
             ctx.kv_cache_seq_rm(0, n_past, -1)
             start = time.perf_counter_ns()

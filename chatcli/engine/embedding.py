@@ -83,15 +83,8 @@ def embed(
     keep_alive: float | str | None = None,
     dimensions: int | None = None,
 ) -> Embeddings:
-    """Embed ``input`` (a text or a list of texts) with ``model``, loading it in this process
-    if needed: one unit vector per text, as the ``ollama`` client's ``embed()`` returns them.
-
-    A text longer than the context (``num_ctx``, at most the model's training context) is cut
-    to fit unless ``truncate`` is false, which refuses it. ``dimensions`` keeps only the first
-    N components (for Matryoshka-trained models), normalised again; more than the model has
-    keeps them all. An empty string embeds nothing. Raises ``ChatCliError`` subclasses for
-    anything the caller got wrong.
-    """
+    """What ``chatcli.embed`` returns (see its docstring for the rules), as plain data: one
+    unit vector per text, plus the counts and durations."""
     if dimensions is not None and (isinstance(dimensions, bool) or not isinstance(dimensions, int)
                                    or dimensions < 1):
         raise RequestError("dimensions must be a positive integer")

@@ -8,6 +8,7 @@ Ollama (read-only, used in place: no second download).
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -110,12 +111,23 @@ def _known_params(params: Any) -> dict[str, Any]:
     return out
 
 
-def resolve(name: str) -> ResolvedModel:
-    """Find the model called ``name``; ModelNotFoundError naming it if there is none."""
+def expand_alias(name: str, aliases: Mapping[str, str] | None) -> str:
+    """The model an alias stands for (``[aliases]`` in config.toml), else ``name`` itself.
+
+    Only the names a person types go through this (``chat run``, ``/model``); the API and the
+    server take model names as they are. One level only: an alias naming another alias is
+    not followed, so no loop can form.
+    """
+    return (aliases or {}).get(name.strip(), name)
+
+
+def resolve(name: str, aliases: Mapping[str, str] | None = None) -> ResolvedModel:
+    """Find the model called ``name`` (or that the alias ``name`` stands for);
+    ModelNotFoundError naming it if there is none."""
     from chatcli.core.names import looks_like_path, parse_name
     from chatcli.models.store import local_store, ollama_store
 
-    text = name.strip()
+    text = expand_alias(name, aliases).strip()
     if not text:
         raise ModelNotFoundError("no model given")
     path = Path(text).expanduser()

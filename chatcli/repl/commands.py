@@ -284,6 +284,48 @@ def cmd_load(state: ReplState, args: str) -> None:
     state.out.info(f"Loaded {counted(n, 'message')} from {args} (model {state.session.model})")
 
 
+def _log(state: ReplState) -> Any:
+    """The conversation log this REPL records into (or the default one when logging is off)."""
+    from chatcli.client.log import Log, Recorder
+
+    recorder = state.session.recorder
+    return recorder.log if isinstance(recorder, Recorder) else Log()
+
+
+@command("/history", "/history", "list recent conversations from the log (see /resume)")
+def cmd_history(state: ReplState, args: str) -> None:
+    from chatcli.client.log import Recorder
+
+    summaries = _log(state).recent(20)
+    if not summaries:
+        state.out.info("No conversations logged yet.")
+        return
+    recorder = state.session.recorder
+    current = recorder.conversation_id if isinstance(recorder, Recorder) else None
+    lines = []
+    for s in summaries:
+        mark = "*" if s.id == current else " "
+        lines.append(f"{mark} {s.id}  {s.updated[:16].replace('T', ' ')}  {s.model:<20} "
+                     f"{counted(s.turns, 'turn'):>9}  {s.first_words}")
+    state.out.info("\n".join(lines) + "\n/resume ID continues one.")
+
+
+@command("/resume", "/resume ID", "continue a logged conversation (ids: /history)")
+def cmd_resume(state: ReplState, args: str) -> None:
+    from chatcli.client.log import Recorder
+
+    if not args:
+        raise CommandError("usage: /resume ID  (/history lists them)")
+    logged = _log(state).get(args)
+    state.session.apply(logged.conversation)
+    recorder = state.session.recorder
+    if isinstance(recorder, Recorder):
+        recorder.attach(logged.id, logged.conversation.messages)
+    n = sum(1 for m in logged.conversation.messages if m["role"] != "system")
+    state.out.info(f"Resumed conversation {logged.id}: {counted(n, 'message')} "
+                   f"(model {state.session.model})")
+
+
 @command("/clear", "/clear", "forget the conversation (the system prompt stays)")
 def cmd_clear(state: ReplState, args: str) -> None:
     state.session.clear()
@@ -352,7 +394,10 @@ def cmd_model(state: ReplState, args: str) -> None:
     if not args:
         state.out.info(f"Current model: {state.session.model}")
         return
-    name = state.session.switch_model(args)
+    from chatcli.core.config import aliases
+    from chatcli.models.resolve import expand_alias
+
+    name = state.session.switch_model(expand_alias(args, aliases()))
     state.out.info(f"Switched to {name}; the conversation is kept.")
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import os
 import re
 import socket
 
@@ -120,7 +119,8 @@ class OriginCheck:
                 if not (self.allowed.fullmatch(text) or _same_origin(text, host)):
                     await _send_error(scope, send, 403,
                                       f"origin '{text}' is not allowed; add it to "
-                                      f"{ORIGINS_ENV} to let its pages call this server")
+                                      f"{ORIGINS_ENV} or to [server] origins in config.toml "
+                                      "to let its pages call this server")
                     return
         await self.app(scope, receive, send)
 
@@ -158,8 +158,12 @@ def allowed_host(host: str) -> bool:
 
 def origin_regex(extra: str | None = None) -> str:
     """One regex for the allowed origins: the local ones plus ``CHATCLI_ORIGINS`` (comma
-    separated; ``*`` matches anything, so ``https://*.example.com`` or ``*`` work)."""
-    extra = os.environ.get(ORIGINS_ENV, "") if extra is None else extra
+    separated), else ``[server] origins`` in config.toml; ``*`` matches anything, so
+    ``https://*.example.com`` or ``*`` work."""
+    if extra is None:
+        from chatcli.core import config
+
+        extra = ",".join(config.get("server.origins"))
     patterns = list(LOCAL_ORIGINS)
     for item in extra.split(","):
         item = item.strip().rstrip("/")
