@@ -50,13 +50,13 @@ _chat() {
         run)
             case "$prev" in
                 --format|--load|--mmproj) COMPREPLY=($(compgen -f -- "$cur")); return;;
-                --system|--temperature|--num-ctx|--seed|--num-predict|--option|-o|--host|--conversation) return;;
+                --system|--temperature|--num-ctx|--seed|--num-predict|--option|-o|--host|--api|--api-key|--conversation) return;;
             esac
             if [[ "$cur" != -* ]]; then
                 COMPREPLY=($(compgen -W "$(chat list 2>/dev/null | awk 'NR>1 {print $1}')" -- "$cur"))
                 return
             fi
-            COMPREPLY=($(compgen -W "--system --temperature --num-ctx --seed --num-predict --option -o --format --think --nothink --hidethinking --showthinking --verbose --noverbose --nowordwrap --wordwrap --plain --markdown --load --mmproj --host --continue -c --conversation --no-log --debug --help -h" -- "$cur"));;
+            COMPREPLY=($(compgen -W "--system --temperature --num-ctx --seed --num-predict --option -o --format --think --nothink --hidethinking --showthinking --verbose --noverbose --nowordwrap --wordwrap --plain --markdown --load --mmproj --host --api --api-key --continue -c --conversation --no-log --debug --help -h" -- "$cur"));;
         serve)
             case "$prev" in
                 --host|--port) return;;

@@ -281,3 +281,32 @@ def test_ctrl_c_typed_behind_the_enter_of_a_paste_stops_the_message():
         pipe.send_text("more\r")
         assert stopped_before_sent(session) is False
         assert session.prompt() == "more"
+
+
+@pytest.mark.parametrize("text, said", [
+    ("What is 2+2?", "Stopped before it was answered; the message is not in the conversation"),
+    ("/show info", "Interrupted."),
+])
+def test_ctrl_c_between_the_prompt_and_the_answer_says_what_happened(state, monkeypatch,
+                                                                      text, said):
+    """A Ctrl+C that lands after the prompt returned but before the answer began (no handler
+    of ours yet: a plain KeyboardInterrupt) says what it did to a message, and the message is
+    not in the conversation."""
+    from prompt_toolkit import PromptSession
+    from prompt_toolkit.input import create_pipe_input
+    from prompt_toolkit.output import DummyOutput
+
+    from chatcli.repl import loop
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop.ReplState, "ask", interrupted)
+    monkeypatch.setattr(loop.REGISTRY, "dispatch", interrupted)
+    before = list(state.session.messages)
+    with create_pipe_input() as pipe:
+        pipe.send_text(text + "\r")
+        pipe.close()
+        loop._loop(state, PromptSession(input=pipe, output=DummyOutput()))
+    assert said in state.stdout.getvalue()
+    assert state.session.messages == before

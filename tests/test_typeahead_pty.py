@@ -233,3 +233,53 @@ def test_ctrl_c_while_reading_a_long_prompt_under_load(cli_env, busy_cores, afte
     print(f"Ctrl+C {after} s into a 3,000-token prompt: prompt back in {took:.2f} s")
     sys.stderr.write(f"Ctrl+C {after} s into a 3,000-token prompt: prompt back in {took:.2f} s\n")
     assert took < 3.0, took  # the goal is 1 s; generous for a loaded CI machine
+
+
+@pytest.mark.skipif(__import__("shutil").which("tmux") is None, reason="needs tmux")
+@pytest.mark.parametrize("after", [
+    pytest.param(0.05, marks=pytest.mark.xfail(
+        strict=False, reason="open (issue 12): in 1 of ~10 runs under load a Ctrl+C 0.05 s "
+        "after the Enter was lost (the answer ran to its end); cause not found yet")),
+    0.3, 1.0])
+def test_ctrl_c_right_after_the_enter_of_a_long_paste_under_load(tmp_path, cli_env,
+                                                                busy_cores, after):
+    """In a real terminal (tmux answers cursor-position requests, as terminals do), with both
+    cores busy: a ~3,000-token paste, Enter, then Ctrl+C while the prompt may still be taking
+    the paste in, or the answer has begun. The prompt is back within the 1 s goal, saying what
+    happened to the message."""
+    import os
+
+    script = tmp_path / "slow_repl.py"
+    script.write_text(SCRIPT)
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES", "NO_COLOR")}
+    socket = f"chatcli-paste-{os.getpid()}"
+
+    def tmux(*args: str) -> str:
+        return subprocess.run(["tmux", "-L", socket, *args], check=True, text=True,
+                              stdout=subprocess.PIPE, env=env).stdout
+
+    command = (f"env TERM=xterm-256color PYTHONPATH={ROOT} CHATCLI_HOME={cli_env['CHATCLI_HOME']}"
+               f" {sys.executable} {script} {ROOT / 'tests'} {tmp_path / 'mark'} normal")
+    tmux("-f", "/dev/null", "new-session", "-d", "-s", "t", "-x", "100", "-y", "30", command)
+    try:
+        deadline = time.monotonic() + 60
+        while PROMPT_READY not in tmux("capture-pane", "-p", "-t", "t"):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        tmux("set-buffer", LONG_PROMPT)
+        tmux("paste-buffer", "-p", "-t", "t")  # bracketed, as a terminal pastes
+        tmux("send-keys", "-t", "t", "Enter")
+        time.sleep(after)
+        start = time.monotonic()
+        tmux("send-keys", "-t", "t", "C-c")
+        said = None
+        while said is None and time.monotonic() - start < 30:
+            pane = tmux("capture-pane", "-p", "-S", "-", "-t", "t")
+            said = next((s for s in ("Stopped before it was sent", "Stopped before it was "
+                                     "answered", "Stopped.") if s in pane), None)
+            time.sleep(0.01)
+        took = time.monotonic() - start
+    finally:
+        subprocess.run(["tmux", "-L", socket, "kill-server"], check=False)
+    assert said is not None, pane[-2000:]
+    assert took < 1.0, (said, took)

@@ -77,6 +77,8 @@ class RunOptions:
     load: Path | None = None
     mmproj: Path | None = None
     host: str | None = None
+    api: str = "auto"  # --api: the --host server's protocol (openai, ollama or auto)
+    api_key: str | None = field(default=None, repr=False)  # --api-key; never shown
     cont: bool = False  # --continue: the most recent logged conversation
     conversation: str | None = None  # --conversation ID
     log: bool | None = None  # False with --no-log
@@ -148,7 +150,15 @@ def run(
     ),
     host: str | None = typer.Option(
         None, "--host", envvar="CHATCLI_HOST",
-        help="Use the model on a chat serve or Ollama server (URL or host:port).",
+        help="Use the model on a server: chat serve, Ollama or OpenAI-compatible (URL or "
+        "host:port; a URL ending in /v1 means OpenAI).",
+    ),
+    api: str = typer.Option(
+        "auto", "--api", help="The --host server's protocol: openai, ollama or auto (detect)."
+    ),
+    api_key: str | None = typer.Option(
+        None, "--api-key", help="Key for an OpenAI-compatible --host (else $CHATCLI_API_KEY, "
+        "$OPENAI_API_KEY).",
     ),
     cont: bool = typer.Option(
         False, "--continue", "-c", help="Continue the most recent logged conversation."
@@ -167,7 +177,8 @@ def run(
             options=_options(temperature, num_ctx, seed, num_predict, option),
             format=format, think=think, hidethinking=hidethinking, verbose=verbose,
             nowordwrap=nowordwrap, plain=plain, load=load, mmproj=mmproj, host=host,
-            cont=cont, conversation=conversation, log=False if no_log else None,
+            api=api, api_key=api_key, cont=cont, conversation=conversation,
+            log=False if no_log else None,
         ))
 
     raise typer.Exit(guarded(debug, action))
@@ -197,9 +208,11 @@ def _run(opts: RunOptions) -> int:
         raise Fail("--mmproj needs a local model; it cannot be used with --host")
     client: ChatClient
     if opts.host:
-        from chatcli.client.remote import RemoteClient
+        from chatcli.client.openai_remote import connect
 
-        client = RemoteClient(opts.host)
+        say = (lambda line: typer.secho(line, dim=True, err=True)) \
+            if config.get_bool("verbose", opts.verbose) else None
+        client = connect(opts.host, api=opts.api, key=opts.api_key, say=say)
     else:
         client = LocalClient()
     # config.toml's (and the environment's) options and system prompt: below a loaded

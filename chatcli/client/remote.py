@@ -33,7 +33,7 @@ class RemoteClient(ChatClient):
         self.base_url = host_url(base_url)
         # No read timeout: a model may take long to load, and the user can always press Ctrl+C.
         timeout = httpx.Timeout(connect_timeout, read=None)
-        limits = httpx.Limits(max_keepalive_connections=0)  # see _Connection
+        limits = httpx.Limits(max_keepalive_connections=0)  # see Connection
         self._http = httpx.Client(base_url=self.base_url, timeout=timeout, limits=limits,
                                   trust_env=False)
 
@@ -77,7 +77,7 @@ class RemoteClient(ChatClient):
 
             body["tools"] = normalize_tools(tools)
         cancel = cancel or threading.Event()
-        connection = _Connection(cancel)
+        connection = Connection(cancel)
         try:
             with self._http.stream("POST", "/api/chat", json=body,
                                    extensions={"trace": connection.trace}) as response:
@@ -184,7 +184,7 @@ class RemoteClient(ChatClient):
         return ChatCliError(f"lost the connection to {self.base_url} ({type(e).__name__})")
 
 
-class _Connection:
+class Connection:
     """Hangs up one request's connection when ``cancel`` is set.
 
     The reading thread may be blocked waiting for the server (a model loading, a long prompt

@@ -193,7 +193,11 @@ def _loop(state: ReplState, prompt: Any) -> None:
         except ChatCliError as e:
             state.out.error(str(e))
         except KeyboardInterrupt:
-            state.out.note("Interrupted.")
+            # Between the prompt and the answer (or a second Ctrl+C while a model loads): a
+            # message did not get an answer and is not in the conversation.
+            state.out.note("Interrupted." if text.lstrip().startswith("/") else
+                           "Stopped before it was answered; the message is not in the "
+                           "conversation (press Up to edit and resend it).")
         except Exception as e:  # don't crash the REPL; keep the conversation
             if os.environ.get("CHATCLI_DEBUG"):
                 raise
