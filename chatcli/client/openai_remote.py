@@ -20,8 +20,8 @@ from typing import Any
 import httpx
 
 from chatcli.client.interface import ChatClient
-from chatcli.client.remote import Connection, RemoteClient
-from chatcli.core.errors import ChatCliError, ModelNotFoundError, NotSupportedError, RequestError
+from chatcli.client.remote import Connection, RemoteClient, http_client, refuse_projector
+from chatcli.core.errors import ChatCliError, ModelNotFoundError, RequestError
 from chatcli.core.events import ContentDelta, Done, Event, Metrics, ThinkingDelta, ToolCall
 from chatcli.core.hosts import host_url
 from chatcli.core.textclean import TooDeepError, loads
@@ -59,11 +59,7 @@ class OpenAIClient(ChatClient):
         self.base_url = openai_base(base_url)
         self._key = find_api_key(api_key)
         headers = {"Authorization": f"Bearer {self._key}"} if self._key else {}
-        # No read timeout: a model may take long to load, and the user can always press Ctrl+C.
-        # No idle connections: Connection hangs up each request's own socket on cancel.
-        self._http = httpx.Client(base_url=self.base_url, headers=headers, trust_env=False,
-                                  timeout=httpx.Timeout(connect_timeout, read=None),
-                                  limits=httpx.Limits(max_keepalive_connections=0))
+        self._http = http_client(self.base_url, connect_timeout, headers)
 
     def close(self) -> None:
         self._http.close()
@@ -89,9 +85,7 @@ class OpenAIClient(ChatClient):
     ) -> Iterator[Event]:
         """Stream the server's answer as chatcli events. Setting ``cancel`` closes the
         connection, which stops the generation on the server."""
-        if projector is not None:
-            raise NotSupportedError("--mmproj works with local models only; on a server, use "
-                                    "a model that has its vision projector")
+        refuse_projector(projector)
         body = request_body(model, messages, options, format=format, think=think, tools=tools)
         cancel = cancel or threading.Event()
         connection = Connection(cancel)

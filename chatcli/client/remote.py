@@ -31,11 +31,7 @@ class RemoteClient(ChatClient):
 
     def __init__(self, base_url: str, *, connect_timeout: float = 10.0) -> None:
         self.base_url = host_url(base_url)
-        # No read timeout: a model may take long to load, and the user can always press Ctrl+C.
-        timeout = httpx.Timeout(connect_timeout, read=None)
-        limits = httpx.Limits(max_keepalive_connections=0)  # see Connection
-        self._http = httpx.Client(base_url=self.base_url, timeout=timeout, limits=limits,
-                                  trust_env=False)
+        self._http = http_client(self.base_url, connect_timeout)
 
     def close(self) -> None:
         self._http.close()
@@ -61,9 +57,7 @@ class RemoteClient(ChatClient):
     ) -> Iterator[Event]:
         """Stream the server's answer as chatcli events. Setting ``cancel`` closes the
         connection, which stops the generation on the server."""
-        if projector is not None:
-            raise NotSupportedError("--mmproj works with local models only; on a server, use "
-                                    "a model that has its vision projector")
+        refuse_projector(projector)
         body: dict[str, Any] = {"model": model, "stream": True,
                                 "messages": [_wire_message(m) for m in messages]}
         if options:
@@ -182,6 +176,22 @@ class RemoteClient(ChatClient):
         if isinstance(e, httpx.TimeoutException):
             return ChatCliError(f"{self.base_url} did not answer in time")
         return ChatCliError(f"lost the connection to {self.base_url} ({type(e).__name__})")
+
+
+def http_client(base_url: str, connect_timeout: float,
+                headers: Mapping[str, str] | None = None) -> httpx.Client:
+    """An HTTP client for a chat server. No read timeout: a model may take long to load, and
+    the user can always press Ctrl+C. No idle connections: ``Connection`` hangs up each
+    request's own socket on cancel."""
+    return httpx.Client(base_url=base_url, headers=dict(headers or {}), trust_env=False,
+                        timeout=httpx.Timeout(connect_timeout, read=None),
+                        limits=httpx.Limits(max_keepalive_connections=0))
+
+
+def refuse_projector(projector: Path | None) -> None:
+    if projector is not None:
+        raise NotSupportedError("--mmproj works with local models only; on a server, use "
+                                "a model that has its vision projector")
 
 
 class Connection:
