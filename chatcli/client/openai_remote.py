@@ -20,11 +20,12 @@ from typing import Any
 import httpx
 
 from chatcli.client.interface import ChatClient
-from chatcli.client.remote import Connection, RemoteClient, http_client, refuse_projector
+from chatcli.client.remote import RemoteClient, http_client, post_stream, refuse_projector
 from chatcli.core.errors import ChatCliError, ModelNotFoundError, RequestError
 from chatcli.core.events import ContentDelta, Done, Event, Metrics, ThinkingDelta, ToolCall
 from chatcli.core.hosts import host_url
 from chatcli.core.textclean import TooDeepError, loads
+from chatcli.models.modelinfo import human_count
 from chatcli.models.resolve import ResolvedModel
 
 KEY_ENVS = ("CHATCLI_API_KEY", "OPENAI_API_KEY")
@@ -88,22 +89,10 @@ class OpenAIClient(ChatClient):
         refuse_projector(projector)
         body = request_body(model, messages, options, format=format, think=think, tools=tools)
         cancel = cancel or threading.Event()
-        connection = Connection(cancel)
-        started = time.perf_counter_ns()
-        try:
-            with self._http.stream("POST", "/chat/completions", json=body,
-                                   extensions={"trace": connection.trace}) as response:
-                if response.status_code != 200:
-                    response.read()
-                    raise self._error(response, model)
-                yield from _Stream(self.base_url, started).events(response, cancel)
-        except httpx.HTTPError as e:
-            if cancel.is_set():
-                yield Done(done_reason="cancelled")
-                return
-            raise self._unreachable(e) from None
-        finally:
-            connection.finished.set()
+        stream = _Stream(self.base_url, time.perf_counter_ns())
+        yield from post_stream(self._http, "/chat/completions", body, cancel,
+                               lambda response: stream.events(response, cancel),
+                               lambda response: self._error(response, model), self._unreachable)
 
     def show(self, model: str, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Model facts for /show, from what /v1/models says of the model (vLLM gives its
@@ -114,7 +103,7 @@ class OpenAIClient(ChatClient):
         params = meta.get("n_params")
         return {
             "architecture": "unknown",
-            "parameters": _human_count(params) if isinstance(params, int) and params > 0
+            "parameters": human_count(params) if isinstance(params, int) and params > 0
             else "?",
             "context length": context,
             "embedding length": meta.get("n_embd") or "?",
@@ -444,7 +433,3 @@ def _int(value: Any) -> int:
     return int(value) if isinstance(value, (int, float)) else 0
 
 
-def _human_count(n: int) -> str:
-    from chatcli.models.modelinfo import human_count
-
-    return human_count(n)

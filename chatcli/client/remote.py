@@ -11,7 +11,7 @@ import base64
 import json
 import socket
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from chatcli.core.errors import ChatCliError, ModelNotFoundError, NotSupportedEr
 from chatcli.core.events import ContentDelta, Done, Event, Metrics, ThinkingDelta, ToolCall, Trimmed
 from chatcli.core.hosts import host_url
 from chatcli.core.textclean import TooDeepError, loads
+from chatcli.models.modelinfo import human_count
 from chatcli.models.resolve import ResolvedModel
 
 
@@ -71,21 +72,9 @@ class RemoteClient(ChatClient):
 
             body["tools"] = normalize_tools(tools)
         cancel = cancel or threading.Event()
-        connection = Connection(cancel)
-        try:
-            with self._http.stream("POST", "/api/chat", json=body,
-                                   extensions={"trace": connection.trace}) as response:
-                if response.status_code != 200:
-                    response.read()
-                    raise self._error(response, model)
-                yield from self._events(response, cancel, len(messages))
-        except httpx.HTTPError as e:
-            if cancel.is_set():
-                yield Done(done_reason="cancelled")
-                return
-            raise self._unreachable(e) from None
-        finally:
-            connection.finished.set()
+        yield from post_stream(self._http, "/api/chat", body, cancel,
+                               lambda response: self._events(response, cancel, len(messages)),
+                               lambda response: self._error(response, model), self._unreachable)
 
     def show(self, model: str, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Model facts for /show, as LocalClient.show gives them, from /api/show."""
@@ -97,7 +86,7 @@ class RemoteClient(ChatClient):
         template = data.get("template") or ""
         return {
             "architecture": arch,
-            "parameters": _human_count(count) if isinstance(count, int) and count > 0
+            "parameters": human_count(count) if isinstance(count, int) and count > 0
             else details.get("parameter_size") or "?",
             "context length": info.get(f"{arch}.context_length", "?"),
             "embedding length": info.get(f"{arch}.embedding_length", "?"),
@@ -192,6 +181,32 @@ def refuse_projector(projector: Path | None) -> None:
     if projector is not None:
         raise NotSupportedError("--mmproj works with local models only; on a server, use "
                                 "a model that has its vision projector")
+
+
+def post_stream(
+    http: httpx.Client, path: str, body: dict[str, Any], cancel: threading.Event,
+    read: Callable[[httpx.Response], Iterator[Event]],
+    error: Callable[[httpx.Response], ChatCliError],
+    unreachable: Callable[[httpx.HTTPError], ChatCliError],
+) -> Iterator[Event]:
+    """POST ``body`` and yield the events ``read`` makes of the streamed response. Setting
+    ``cancel`` hangs up the connection (the answer then ends "cancelled"); a status other
+    than 200 raises ``error(response)``, a failed connection ``unreachable(e)``."""
+    connection = Connection(cancel)
+    try:
+        with http.stream("POST", path, json=body,
+                         extensions={"trace": connection.trace}) as response:
+            if response.status_code != 200:
+                response.read()
+                raise error(response)
+            yield from read(response)
+    except httpx.HTTPError as e:
+        if cancel.is_set():
+            yield Done(done_reason="cancelled")
+            return
+        raise unreachable(e) from None
+    finally:
+        connection.finished.set()
 
 
 class Connection:
@@ -296,7 +311,3 @@ def _text(value: Any) -> str:
     return str(value or "")
 
 
-def _human_count(n: int) -> str:
-    from chatcli.models.modelinfo import human_count
-
-    return human_count(n)
