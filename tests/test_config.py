@@ -302,3 +302,13 @@ def test_serve_listens_where_the_file_says(env, write):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_a_file_that_is_not_utf8_is_one_problem_not_garbled_values(chatcli_home):
+    path = chatcli_home / "config" / "config.toml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b'system = "ok"\nmodel = "\xff\xfe"\n')
+    read = config.read_file(path)
+    assert read.values == {}
+    assert len(read.problems) == 1 and "not UTF-8" in read.problems[0] \
+        and read.problems[0].startswith(str(path))

@@ -145,7 +145,12 @@ def read_file(path: Path) -> FileConfig:
     if len(raw) > MAX_BYTES:
         config.problems.append(f"{path}: larger than {MAX_BYTES >> 20} MiB; it is ignored")
         return config
-    text = raw.decode("utf-8", errors="replace")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:  # TOML is UTF-8; a guess would garble names silently
+        config.problems.append(f"{path}: not UTF-8 text (byte {e.start}); the whole file is "
+                               "ignored")
+        return config
     toml = _toml()
     try:
         data = toml.loads(text)
