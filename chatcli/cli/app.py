@@ -153,13 +153,8 @@ def run(
         help="Use the model on a server: chat serve, Ollama or OpenAI-compatible (URL or "
         "host:port; a URL ending in /v1 means OpenAI).",
     ),
-    api: str = typer.Option(
-        "auto", "--api", help="The --host server's protocol: openai, ollama or auto (detect)."
-    ),
-    api_key: str | None = typer.Option(
-        None, "--api-key", help="Key for an OpenAI-compatible --host (else $CHATCLI_API_KEY, "
-        "$OPENAI_API_KEY).",
-    ),
+    api: str = models.API,
+    api_key: str | None = models.API_KEY,
     cont: bool = typer.Option(
         False, "--continue", "-c", help="Continue the most recent logged conversation."
     ),

@@ -10,6 +10,14 @@ import typer
 from chatcli.cli.guard import Fail, guarded
 
 DEBUG = typer.Option(False, "--debug", help="Show tracebacks.")
+# --api and --api-key as `chat run` takes them too (app.py uses these).
+API = typer.Option(
+    "auto", "--api", help="The --host server's protocol: openai, ollama or auto (detect)."
+)
+API_KEY = typer.Option(
+    None, "--api-key", help="Key for an OpenAI-compatible --host (else $CHATCLI_API_KEY, "
+    "$OPENAI_API_KEY).",
+)
 
 
 def pull(
@@ -33,15 +41,42 @@ def pull(
     raise typer.Exit(guarded(debug, action))
 
 
-def list_models(debug: bool = DEBUG) -> None:
+def list_models(
+    host: str | None = typer.Option(
+        None, "--host", envvar="CHATCLI_HOST",
+        help="List a server's models instead: chat serve, Ollama or OpenAI-compatible (URL or "
+        "host:port; a URL ending in /v1 means OpenAI).",
+    ),
+    api: str = API,
+    api_key: str | None = API_KEY,
+    debug: bool = DEBUG,
+) -> None:
     """List the models chatcli can run (its store, the bundled model, Ollama's store)."""
 
     def action() -> None:
         from chatcli.models.catalog import list_text
 
-        typer.echo(list_text())
+        typer.echo(server_list_text(host, api, api_key) if host else list_text())
 
     raise typer.Exit(guarded(debug, action))
+
+
+def server_list_text(host: str, api: str, api_key: str | None) -> str:
+    """``chat list --host``: the server's models in the local table's columns, "?" where the
+    server's protocol does not say (an OpenAI server gives no ID, size or date)."""
+    from chatcli.client.openai_remote import connect
+    from chatcli.models.catalog import human_ago, human_size, table
+
+    client = connect(host, api=api, key=api_key)
+    try:
+        models = client.list_models()
+    finally:
+        client.close()
+    rows = [["NAME", "ID", "SIZE", "MODIFIED", "STORE"]]
+    for m in models:
+        rows.append([m.name, m.id or "?", "?" if m.size is None else human_size(m.size),
+                     "?" if m.modified is None else human_ago(m.modified), "remote"])
+    return table(rows)
 
 
 def show(

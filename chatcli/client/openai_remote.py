@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -20,7 +22,13 @@ from typing import Any
 import httpx
 
 from chatcli.client.interface import ChatClient
-from chatcli.client.remote import RemoteClient, http_client, post_stream, refuse_projector
+from chatcli.client.remote import (
+    RemoteClient,
+    ServerModel,
+    http_client,
+    post_stream,
+    refuse_projector,
+)
 from chatcli.core.errors import ChatCliError, ModelNotFoundError, RequestError
 from chatcli.core.events import ContentDelta, Done, Event, Metrics, ThinkingDelta, ToolCall
 from chatcli.core.hosts import host_url
@@ -36,6 +44,20 @@ APIS = ("auto", "openai", "ollama")
 _FIELDS = {"temperature": "temperature", "top_p": "top_p", "num_predict": "max_tokens",
            "seed": "seed", "stop": "stop", "presence_penalty": "presence_penalty",
            "frequency_penalty": "frequency_penalty"}
+# The request fields of OpenAI's own API that chatcli sends; never dropped. Anything else in a
+# body (top_k, min_p, chat_template_kwargs...) is an extra that a strict server may refuse.
+STANDARD_FIELDS = frozenset({
+    "model", "messages", "stream", "stream_options", "temperature", "top_p", "max_tokens",
+    "seed", "stop", "presence_penalty", "frequency_penalty", "response_format", "tools",
+    "reasoning_effort"})
+# How a strict server words "this field is not allowed": OpenAI's "Unrecognized request
+# argument supplied: top_k", pydantic's "Extra inputs are not permitted", Groq's "property
+# 'top_k' is unsupported", Gemini's 'Unknown name "top_k"'.
+_REFUSED_FIELD = re.compile(r"unrecogni[sz]ed|unknown|unexpected|extra|additional propert|"
+                            r"not permitted|not allowed|unsupported|not supported|forbidden",
+                            re.IGNORECASE)
+
+_log = logging.getLogger("chatcli")
 
 
 def find_api_key(explicit: str | None = None) -> str | None:
@@ -61,6 +83,10 @@ class OpenAIClient(ChatClient):
         self._key = find_api_key(api_key)
         headers = {"Authorization": f"Bearer {self._key}"} if self._key else {}
         self._http = http_client(self.base_url, connect_timeout, headers)
+        # Set once the server has refused extra fields: later requests leave them out
+        # without a refused round trip first.
+        self._strict = False
+        self._dropped: set[str] = set()  # extras the user has been told about
 
     def close(self) -> None:
         self._http.close()
@@ -85,14 +111,24 @@ class OpenAIClient(ChatClient):
         projector: Path | None = None,
     ) -> Iterator[Event]:
         """Stream the server's answer as chatcli events. Setting ``cancel`` closes the
-        connection, which stops the generation on the server."""
+        connection, which stops the generation on the server.
+
+        Options outside OpenAI's fields go in the body under their own names. A server that
+        refuses them (400/422 naming one) is asked once more without them, with a one-line
+        notice, and is sent none from then on."""
         refuse_projector(projector)
         body = request_body(model, messages, options, format=format, think=think, tools=tools)
         cancel = cancel or threading.Event()
-        stream = _Stream(self.base_url, time.perf_counter_ns())
-        yield from post_stream(self._http, "/chat/completions", body, cancel,
-                               lambda response: stream.events(response, cancel),
-                               lambda response: self._error(response, model), self._unreachable)
+        started = time.perf_counter_ns()
+        extras = [name for name in body if name not in STANDARD_FIELDS]
+        if extras and self._strict:
+            self._tell_dropped(extras)
+            body, extras = _without(body, extras), []
+        try:
+            yield from self._post(body, model, cancel, started, extras)
+        except _ExtrasRefused:
+            yield from self._post(_without(body, extras), model, cancel, started, [],
+                                  accepted=lambda: self._became_strict(extras))
 
     def show(self, model: str, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Model facts for /show, from what /v1/models says of the model (vLLM gives its
@@ -122,6 +158,20 @@ class OpenAIClient(ChatClient):
         """Nothing to do: the server keeps its own KV cache."""
         return False
 
+    def list_models(self) -> list[ServerModel]:
+        """The server's models for ``chat list --host``. /v1/models gives no ID and no date
+        (vLLM and llama-server send the time of the request as ``created``); llama-server's
+        ``meta`` gives the size."""
+        out = []
+        for card in self.models():
+            if not isinstance(card.get("id"), str):
+                continue
+            meta = card.get("meta")
+            size = meta.get("size") if isinstance(meta, dict) else None
+            out.append(ServerModel(card["id"], size=size if isinstance(size, int)
+                                   and not isinstance(size, bool) and size >= 0 else None))
+        return out
+
     def models(self) -> list[dict[str, Any]]:
         """The server's model cards (``GET /v1/models``)."""
         try:
@@ -140,6 +190,32 @@ class OpenAIClient(ChatClient):
 
     # -- internals -------------------------------------------------------------------------
 
+    def _post(self, body: dict[str, Any], model: str, cancel: threading.Event, started: int,
+              extras: list[str], accepted: Callable[[], None] | None = None) -> Iterator[Event]:
+        """One chat-completions request; ``accepted`` is called once the server said 200."""
+        stream = _Stream(self.base_url, started)
+
+        def read(response: httpx.Response) -> Iterator[Event]:
+            if accepted is not None:
+                accepted()
+            return stream.events(response, cancel)
+
+        yield from post_stream(self._http, "/chat/completions", body, cancel, read,
+                               lambda response: self._error(response, model, extras),
+                               self._unreachable)
+
+    def _became_strict(self, extras: list[str]) -> None:
+        self._strict = True
+        self._tell_dropped(extras)
+
+    def _tell_dropped(self, extras: list[str]) -> None:
+        """The one-line notice, once per option name for this client."""
+        new = [name for name in extras if name not in self._dropped]
+        if new:
+            self._dropped.update(new)
+            _log.warning("the server does not accept %s; sent without %s", ", ".join(new),
+                         "it" if len(new) == 1 else "them")
+
     def _card(self, model: str) -> dict[str, Any]:
         name = model.strip()
         cards = self.models()
@@ -149,9 +225,12 @@ class OpenAIClient(ChatClient):
         raise ModelNotFoundError(f"model '{name}' not found on {self.base_url}"
                                  + (f" (it has {_names(cards)})" if cards else ""))
 
-    def _error(self, response: httpx.Response, model: str) -> ChatCliError:
+    def _error(self, response: httpx.Response, model: str,
+               extras: Sequence[str] = ()) -> ChatCliError:
         message = self._scrub(_error_text(response))
         status = response.status_code
+        if status in (400, 422) and extras and _refuses_extras(message, extras):
+            return _ExtrasRefused(message)
         if status in (401, 403):
             hint = ("" if self._key else
                     "; give the server's key with --api-key or $CHATCLI_API_KEY")
@@ -177,6 +256,26 @@ class OpenAIClient(ChatClient):
             return ChatCliError(f"{self.base_url} did not answer in time")
         return ChatCliError(f"lost the connection to {self.base_url} in the middle of the "
                             f"answer ({type(e).__name__})")
+
+
+class _ExtrasRefused(RequestError):
+    """A strict server refused the request's extra fields (chat() asks again without them)."""
+
+
+def _refuses_extras(message: str, extras: Sequence[str]) -> bool:
+    """Whether an error says fields were not accepted, naming one of ``extras`` or no field
+    at all ("Extra inputs are not permitted"). One that names only a standard field (an
+    o-series model's "'max_tokens' is not supported") is not about the extras; nor is one
+    about an extra's value ("top_k must be at least 1"), which does not say "not accepted"."""
+    if not _REFUSED_FIELD.search(message):
+        return False
+    named = {name for name in (*extras, *STANDARD_FIELDS)
+             if re.search(rf"(?<![\w-]){re.escape(name)}(?![\w-])", message)}
+    return bool(named & set(extras)) or not named
+
+
+def _without(body: Mapping[str, Any], names: Sequence[str]) -> dict[str, Any]:
+    return {key: value for key, value in body.items() if key not in names}
 
 
 class _Stream:
@@ -382,14 +481,14 @@ def detect_api(url: str, key: str | None = None, *, timeout: float = 10.0) -> st
 
 
 def connect(host: str, *, api: str = "auto", key: str | None = None,
-            say: Callable[[str], None] | None = None) -> ChatClient:
-    """The client for ``chat run --host``: ``api`` is "openai", "ollama" or "auto" (detect);
-    ``say`` hears which protocol was chosen."""
+            say: Callable[[str], None] | None = None) -> OpenAIClient | RemoteClient:
+    """The client for ``--host`` (``chat run``, ``chat list``): ``api`` is "openai",
+    "ollama" or "auto" (detect); ``say`` hears which protocol was chosen."""
     if api not in APIS:
         raise ChatCliError(f"unknown --api {api!r}: use openai, ollama or auto")
     key = find_api_key(key)
     chosen = detect_api(host, key) if api == "auto" else api
-    client: ChatClient
+    client: OpenAIClient | RemoteClient
     if chosen == "openai":
         client = OpenAIClient(host, api_key=key)
         where = client.base_url

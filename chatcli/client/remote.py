@@ -2,16 +2,20 @@
 
 ``RemoteClient`` has LocalClient's interface (``resolve``, ``chat``, ``show``), so the session,
 REPL, renderer and slash commands work unchanged while the model runs on another machine.
-It speaks Ollama's HTTP API: ``/api/chat`` streamed as NDJSON, ``/api/show`` for facts.
+It speaks Ollama's HTTP API: ``/api/chat`` streamed as NDJSON, ``/api/show`` for facts,
+``/api/tags`` for ``chat list --host``.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import re
 import socket
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +29,16 @@ from chatcli.core.hosts import host_url
 from chatcli.core.textclean import TooDeepError, loads
 from chatcli.models.modelinfo import human_count
 from chatcli.models.resolve import ResolvedModel
+
+
+@dataclass(frozen=True)
+class ServerModel:
+    """One model a server lists (``chat list --host``); None where its protocol does not say."""
+
+    name: str
+    id: str | None = None
+    size: int | None = None  # bytes
+    modified: float | None = None  # seconds since the epoch
 
 
 class RemoteClient(ChatClient):
@@ -104,6 +118,26 @@ class RemoteClient(ChatClient):
     def save_state(self, model: str) -> bool:
         """Nothing to do: the server keeps its own KV cache."""
         return False
+
+    def list_models(self) -> list[ServerModel]:
+        """The server's models (``GET /api/tags``), newest first as the server gives them."""
+        try:
+            response = self._http.get("/api/tags")
+        except httpx.HTTPError as e:
+            raise self._unreachable(e) from None
+        if response.status_code == 404:
+            raise ChatCliError(f"{self.base_url} has no /api/tags: is it Ollama or `chat "
+                               "serve`? (--api openai for an OpenAI-compatible server)")
+        if response.status_code != 200:
+            raise self._error(response, "")
+        try:
+            models = response.json().get("models")
+        except (ValueError, AttributeError):
+            models = None
+        if not isinstance(models, list):
+            raise ChatCliError(f"{self.base_url} did not answer like an Ollama server")
+        return [_server_model(m) for m in models
+                if isinstance(m, dict) and isinstance(m.get("name") or m.get("model"), str)]
 
     # -- internals -------------------------------------------------------------------------
 
@@ -303,6 +337,34 @@ def parse_parameters(text: str) -> dict[str, Any]:
         else:
             out[name] = parsed
     return out
+
+
+def _server_model(tag: Mapping[str, Any]) -> ServerModel:
+    """One /api/tags entry; its ID is the digest's first 12 hex digits, as ``ollama list``
+    shows it."""
+    digest = tag.get("digest")
+    size = tag.get("size")
+    return ServerModel(
+        name=str(tag.get("name") or tag.get("model")),
+        id=digest.removeprefix("sha256:")[:12] if isinstance(digest, str) and digest else None,
+        size=size if isinstance(size, int) and not isinstance(size, bool) and size >= 0
+        else None,
+        modified=_timestamp(tag.get("modified_at")))
+
+
+def _timestamp(value: Any) -> float | None:
+    """An RFC 3339 time as seconds since the epoch, None if it is not one. Ollama writes
+    nanoseconds and a ``Z``, which ``fromisoformat`` before Python 3.11 refuses."""
+    if not isinstance(value, str):
+        return None
+    # Six fraction digits (Go trims trailing zeros; Python before 3.11 takes 3 or 6 only).
+    text = re.sub(r"\.(\d+)", lambda m: "." + (m.group(1) + "000000")[:6], value.strip())
+    text = text.replace("Z", "+00:00").replace("z", "+00:00")
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return when.timestamp() if when.tzinfo is not None else None
 
 
 def _text(value: Any) -> str:

@@ -4,12 +4,14 @@ display settings, the output and the files added by /read."""
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any, Protocol, TextIO
 
 from chatcli.client.inputs import find_images
 from chatcli.client.session import Session
+from chatcli.core.errors import ChatCliError
 from chatcli.core.events import Event
 from chatcli.engine.cancel import CancelFlag
 from chatcli.repl.answer import stream_answer
@@ -53,6 +55,7 @@ class ReplState:
         # /undo can tell that nothing was just added (and not drop an older exchange).
         self.taken_back: tuple[dict[str, Any] | None] | None = None
         self._out: Renderer | None = None
+        self._server_names: tuple[float, list[str]] | None = None  # (when asked, names)
 
     @property
     def out(self) -> Renderer:
@@ -114,9 +117,21 @@ class ReplState:
         return "json" if self.session.format and isinstance(self.out, MarkdownRenderer) else None
 
     def model_names(self) -> list[str]:
-        from chatcli.models.catalog import model_names
+        """Names /model completes: the server's models when the REPL talks to one (asked at
+        most every 10 s; none when it cannot be reached), else the local ones."""
+        server_list = getattr(self.session.client, "list_models", None)
+        if server_list is None:
+            from chatcli.models.catalog import model_names
 
-        return model_names()
+            return model_names()
+        now = time.monotonic()
+        if self._server_names is None or now - self._server_names[0] > 10:
+            try:
+                names = [m.name for m in server_list()]
+            except ChatCliError:
+                names = []
+            self._server_names = (now, names)
+        return list(self._server_names[1])
 
     def write_terminal(self, data: str) -> None:
         self.stdout.write(data)
