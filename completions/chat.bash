@@ -28,8 +28,9 @@ _chat() {
             COMPREPLY=($(compgen -W "--probe --debug --help -h" -- "$cur"));;
         list)
             case "$prev" in
+                --host|--api|--api-key) return;;
             esac
-            COMPREPLY=($(compgen -W "--debug --help -h" -- "$cur"));;
+            COMPREPLY=($(compgen -W "--host --api --api-key --debug --help -h" -- "$cur"));;
         log)
             case "$prev" in
                 --limit|-n) return;;
@@ -59,9 +60,9 @@ _chat() {
             COMPREPLY=($(compgen -W "--system --temperature --num-ctx --seed --num-predict --option -o --format --think --nothink --hidethinking --showthinking --verbose --noverbose --nowordwrap --wordwrap --plain --markdown --load --mmproj --host --api --api-key --continue -c --conversation --no-log --debug --help -h" -- "$cur"));;
         serve)
             case "$prev" in
-                --host|--port) return;;
+                --host|--port|--parallel|-np) return;;
             esac
-            COMPREPLY=($(compgen -W "--host --port --verbose --debug --help -h" -- "$cur"));;
+            COMPREPLY=($(compgen -W "--host --port --parallel -np --verbose --debug --help -h" -- "$cur"));;
         show)
             case "$prev" in
             esac

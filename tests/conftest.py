@@ -12,6 +12,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 # Deterministic generation for every real-model test.
 DET = {"temperature": 0, "seed": 42}
+# A prompt the default model answers at great length (greedy, repeat_penalty 1: past 600
+# tokens), for tests that need an answer still running when they act.
+ENDLESS_PROMPT = "Write a very long story about a dragon, at least 2000 words."
 
 
 @pytest.fixture(scope="session")

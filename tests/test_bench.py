@@ -17,6 +17,6 @@ def test_quick_benchmark_run_writes_a_results_table(tmp_path, cli_env):
     assert p.returncode == 0, p.stderr[-2000:]
     text = out.read_text()
     for heading in ["Generation", "Multi-turn", "End to end", "Rendering alone", "Start-up",
-                    "Memory"]:
+                    "Memory", "Parallel requests"]:
         assert heading in text
     assert "| 32 tokens generated |" in text and "tok/s" in text

@@ -175,6 +175,9 @@ def test_model_command_follows_aliases(write):
     ('verbose = "yes"\n', "'verbose'", "true or false"),
     ("[server]\nhost = 'ftp://x'\n", "'server.host'", "invalid host"),
     ("[aliases]\nfast = 3\n", "'aliases.fast'", "model name"),
+    ("[server]\nparallel = 65\n", "'server.parallel'", "from 1 to 64"),
+    ("[server]\nparallel = 'four'\n", "'server.parallel'", "whole number"),
+    ("[server]\nparalel = 4\n", "'server.paralel'", "did you mean 'parallel'"),
 ])
 def test_each_problem_is_one_line_naming_file_and_key(write, text, key, words):
     path = write(text)

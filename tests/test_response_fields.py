@@ -13,7 +13,7 @@ import time
 
 import gguf
 import pytest
-from conftest import DET
+from conftest import DET, ENDLESS_PROMPT
 from tiny_gguf import set_kv, write_tiny_llama
 
 from chatcli import chat
@@ -172,7 +172,7 @@ def test_suffix_uses_the_models_fim_tokens(http, fim_gguf):
     engine = Engine(fim_gguf, options={"num_ctx": 256})
     try:
         prefix, suffix = engine.tokenize("hello")[1:], engine.tokenize("world")[1:]
-        tokens = engine._fit_infill("hello", "world")[0]
+        tokens = engine._fit_infill("hello", "world", engine.n_ctx)[0]
     finally:
         engine.close()
     assert tokens == [1, 3, *prefix, 4, *suffix, 5]  # BOS <pre> prefix <suf> suffix <mid>
@@ -263,7 +263,7 @@ def test_ps_size_is_memory_in_use_and_longest_stay_comes_first(http, tiny_gguf, 
 
 def test_unload_requested_while_busy_happens_when_the_busy_request_ends(http):
     body = {"model": MODEL, "stream": True,
-            "messages": [{"role": "user", "content": "Write the word hello 2000 times."}],
+            "messages": [{"role": "user", "content": ENDLESS_PROMPT}],
             "options": {**DET, "num_thread": 1, "num_predict": 160}}
     unloaded: list[dict] = []
     with http.stream("POST", "/api/chat", json=body) as r:

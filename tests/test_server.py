@@ -21,7 +21,7 @@ from datetime import datetime, timedelta, timezone
 import httpx
 import ollama
 import pytest
-from conftest import DET
+from conftest import DET, ENDLESS_PROMPT
 from registry_server import RegistryServer
 
 from chatcli import __version__
@@ -36,8 +36,8 @@ METRICS = ("total_duration", "load_duration", "prompt_eval_count", "prompt_eval_
 ONE = {**DET, "num_thread": 1}
 SHORT = {**ONE, "num_predict": 12}
 MODEL_MEDIA = "application/vnd.ollama.image.model"
-# A prompt smollm2 answers at great length (greedy, no repeat penalty): hello, hello, ...
-ENDLESS = {"role": "user", "content": "Write the word hello 2000 times."}
+# A prompt smollm2 answers at great length (see conftest.ENDLESS_PROMPT).
+ENDLESS = {"role": "user", "content": ENDLESS_PROMPT}
 
 
 def _free_port() -> int:

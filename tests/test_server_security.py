@@ -9,7 +9,7 @@ import time
 
 import httpx
 import pytest
-from conftest import DET
+from conftest import DET, ENDLESS_PROMPT
 from live_server import ErrorLog, hang_up_during
 from registry_server import RegistryServer
 
@@ -229,7 +229,7 @@ def _free_soon(http, path: str, body: dict) -> float:
     return time.monotonic() - start
 
 
-ENDLESS = [{"role": "user", "content": "Write the word hello 2000 times."}]
+ENDLESS = [{"role": "user", "content": ENDLESS_PROMPT}]
 LONG = {**ONE, "repeat_penalty": 1.0, "num_predict": 1500}
 
 

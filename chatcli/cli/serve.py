@@ -49,11 +49,40 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def serving_parallel(flag: int | None) -> int:
+    """Parallel requests per model: --parallel (strict: a typo is an error), else
+    $OLLAMA_NUM_PARALLEL or config.toml (a bad value there is a warning, and 1 is used).
+    Sets it on the model cache, before any model is loaded."""
+    from chatcli.core import config as user_config
+    from chatcli.core.errors import ChatCliError
+    from chatcli.engine.loaded import CACHE
+
+    if flag is not None:
+        try:
+            n = user_config.parse_parallel(flag)
+        except ChatCliError as e:
+            raise Fail(f"--parallel {flag}: {e}") from None
+    else:
+        found = user_config.setting("server.parallel")
+        try:
+            n = user_config.parse_parallel(found.value)
+        except ChatCliError as e:
+            user_config.warn_once(f"Warning: {found.where or 'server.parallel'}={found.value!r}:"
+                                  f" {e}; using 1")
+            n = 1
+    CACHE.parallel = n
+    return n
+
+
 def serve(
     host: str | None = typer.Option(None, "--host", help="Address to listen on [default: "
                                     "$CHATCLI_HOST, else [server] host in config.toml, "
                                     "else 127.0.0.1]"),
     port: int | None = typer.Option(None, "--port", help=f"Port [default: {DEFAULT_PORT}]"),
+    parallel: int | None = typer.Option(
+        None, "--parallel", "-np", metavar="N",
+        help="Requests each model answers at once, in one batched context of N x num_ctx "
+             "[default: $OLLAMA_NUM_PARALLEL, else [server] parallel in config.toml, else 1]"),
     verbose: bool = typer.Option(False, "--verbose", help="Log every request."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
 ) -> None:
@@ -72,13 +101,16 @@ def serve(
         number = port if port is not None else env_port
         if not 0 <= number < 65536:
             raise Fail(f"--port {number}: the port must be a number from 1 to 65535")
+        slots = serving_parallel(parallel)
         sock = bind(address, number)
         number = sock.getsockname()[1]
         shown = f"[{address}]" if ":" in address else address
         if not is_loopback(address):
             typer.echo(f"Warning: listening on {shown}, not loopback: anyone who can reach "
                        "this machine can use its models", err=True)
-        typer.echo(f"chatcli is serving on http://{shown}:{number} (Ctrl+C to stop)", err=True)
+        at_once = f"; {slots} requests per model at once" if slots > 1 else ""
+        typer.echo(f"chatcli is serving on http://{shown}:{number}{at_once} (Ctrl+C to stop)",
+                   err=True)
         config = uvicorn.Config(
             build_app(), log_level="info" if verbose else "warning", access_log=verbose,
             lifespan="off", timeout_graceful_shutdown=3, server_header=False,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Generator, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,13 +39,25 @@ def run_chat(entry: Any, messages: Any, options: Any, *, start: int, ready: int,
              **request: Any) -> Iterator[Event]:
     """One request's events from a loaded model, under its lock (answers never interleave in
     one KV cache); the final Done gets Ollama's load_duration (time to get the model ready in
-    this request) and total_duration."""
-    with entry.lock:
-        for event in entry.engine.chat(messages, options, **request):
+    this request) and total_duration. A model loaded with parallel slots answers beside the
+    other requests (engine.batch) instead of taking the lock."""
+    if entry.batcher is not None:
+        events = entry.batcher.chat(messages, options, **request)
+    else:
+        events = _locked(entry, entry.engine.chat(messages, options, **request))
+    try:
+        for event in events:
             if isinstance(event, Done):
                 event.metrics.load_duration += ready - start
                 event.metrics.total_duration = time.perf_counter_ns() - start
             yield event
+    finally:
+        events.close()  # now, not when collected: the lock (or the slot) is freed at once
+
+
+def _locked(entry: Any, events: Iterator[Event]) -> Generator[Event, None, None]:
+    with entry.lock:
+        yield from events
 
 
 class LocalClient(ChatClient):

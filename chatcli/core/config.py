@@ -14,6 +14,7 @@
     [server]                      # chat serve
     host = "127.0.0.1:11434"
     origins = ["https://*.example.com"]
+    parallel = 4                  # requests each model answers at once
 
 Precedence, highest first: command-line flags, environment variables, this file, the model's
 own defaults (its Modelfile or GGUF). Each key has an environment variable (``ENV``).
@@ -60,6 +61,7 @@ DEFAULTS: dict[str, Any] = {
     "log": True,
     "server.host": "127.0.0.1:11434",
     "server.origins": [],
+    "server.parallel": 1,
     "aliases": {},
 }
 
@@ -75,7 +77,10 @@ ENV: dict[str, str] = {
     "log": "CHATCLI_NOLOG",
     "server.host": "CHATCLI_HOST",
     "server.origins": "CHATCLI_ORIGINS",  # comma separated
+    "server.parallel": "OLLAMA_NUM_PARALLEL",  # Ollama's name: its users have it set already
 }
+
+MAX_PARALLEL = 64  # parallel slots per model; each holds num_ctx tokens of KV cache
 
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
@@ -292,9 +297,25 @@ def _check_server(value: Any, config: FileConfig, path: Path) -> None:
                 config.values[key] = [i.strip() for i in items if i.strip()]
             else:
                 config.problems.append(_problem(path, key, "must be an array of strings"))
+        elif name == "parallel":
+            try:
+                config.values[key] = parse_parallel(v)
+            except ChatCliError as e:
+                config.problems.append(_problem(path, key, str(e)))
         else:
             config.problems.append(_problem(
-                path, key, "unknown key" + _did_you_mean(name, ("host", "origins"))))
+                path, key, "unknown key" + _did_you_mean(name, ("host", "origins", "parallel"))))
+
+
+def parse_parallel(value: Any) -> int:
+    """A number of parallel requests per model: a whole number from 1 to MAX_PARALLEL (0, as
+    in Ollama, means the default: 1)."""
+    if isinstance(value, str):
+        text = value.strip()
+        value = int(text) if text.isdigit() else text
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_PARALLEL:
+        raise ChatCliError(f"must be a whole number from 1 to {MAX_PARALLEL}, not {value!r}")
+    return value or 1
 
 
 # -- the process's view: read once per change of the file, each problem said once ---------
@@ -488,9 +509,11 @@ TEMPLATE = '''\
 [aliases]
 # fast = "qwen3:0.6b"
 
-# chat serve: where it listens ($CHATCLI_HOST) and which browser origins may call it
-# ($CHATCLI_ORIGINS), besides this machine's own pages.
+# chat serve: where it listens ($CHATCLI_HOST), which browser origins may call it
+# ($CHATCLI_ORIGINS) besides this machine's own pages, and how many requests each model
+# answers at once ($OLLAMA_NUM_PARALLEL; each holds num_ctx tokens of KV cache).
 [server]
 # host = "127.0.0.1:11434"
 # origins = ["https://*.example.com"]
+# parallel = 1
 '''

@@ -170,15 +170,23 @@ def load_model(path: Path, n_gpu_layers: int, *, extra_bufts: bool) -> LoadedMod
     return LoadedModel(path=path, model=model, metadata=model.metadata(), n_gpu_layers=n_gpu_layers)
 
 
-def new_context(model: LoadedModel, *, n_ctx: int, n_batch: int, n_threads: int):
-    """A fresh llama.cpp context (KV cache) for ``model``, plus a decode batch of n_batch."""
+def new_context(model: LoadedModel, *, n_ctx: int, n_batch: int, n_threads: int,
+                n_seq: int = 1):
+    """A fresh llama.cpp context (KV cache) for ``model``, plus a decode batch of n_batch.
+
+    With ``n_seq`` > 1 the context holds that many sequences (ids 0..n_seq-1), each with a KV
+    cache of its own of ``n_ctx`` tokens (not unified: a token attends only over its own
+    sequence's cells, so one busy slot costs what a single-sequence context does)."""
     lc = llama()
-    params = _context_params(n_ctx=n_ctx, n_batch=n_batch, n_threads=n_threads)
+    params = _context_params(n_ctx=n_ctx * n_seq, n_batch=max(n_batch, n_seq),
+                             n_threads=n_threads)
+    params.n_seq_max = n_seq
+    params.kv_unified = False
     # AUTO turns flash attention on where the backend supports it (GPU builds), off elsewhere.
     params.flash_attn_type = lc.LLAMA_FLASH_ATTN_TYPE_AUTO
     ctx = _context(model, params, f"a context of {n_ctx} tokens for {model.path} "
                                   "(out of memory?); try a smaller num_ctx")
-    return ctx, new_batch(n_batch)
+    return ctx, new_batch(max(n_batch, n_seq))
 
 
 def new_embedding_context(model: LoadedModel, *, n_tokens: int, pooling: int, n_threads: int):

@@ -14,6 +14,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -47,6 +48,28 @@ LONG_CONTEXT_ENV = "CHATCLI_ALLOW_LONG_CONTEXT"
 _log = logging.getLogger("chatcli")
 
 
+@dataclass
+class Prepared:
+    """A request made ready for decoding (``Engine.prepare``)."""
+
+    tokens: list[int]  # the whole prompt, from position 0
+    dropped: int  # old messages left out to fit num_ctx (0: none)
+    kept: int
+    prompt: str  # the prompt's text (what the output parser may need to see)
+    opts: dict[str, Any]  # every option resolved
+    images: list[bytes]  # images to read with the vision projector (the prompt has markers)
+    grammar: str | None  # GBNF that constrains the answer (format / tools), if any
+    parser: OutputParser  # splits the answer into content, thinking and tool calls
+    special: bool  # whether control tokens are rendered as text
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        """What the context must be for this request: (num_ctx, n_batch, num_gpu, threads)."""
+        o = self.opts
+        return (int(o["num_ctx"]), min(int(o["num_batch"]), int(o["num_ctx"])), o["num_gpu"],
+                o["num_thread"])
+
+
 class Engine:
     """A loaded model ready to chat. Not thread-safe: callers serialise access."""
 
@@ -58,8 +81,12 @@ class Engine:
         model_options: Mapping[str, Any] | None = None,
         options: Mapping[str, Any] | None = None,
         projector: Path | None = None,
+        parallel: int = 1,
     ) -> None:
         self.path = Path(path)
+        # Sequences the context holds at once (``chat serve --parallel``): each gets num_ctx
+        # tokens of its own, so the KV cache is parallel x num_ctx, as in Ollama.
+        self.parallel = max(1, int(parallel))
         self.name = name or self.path.name
         self._projector = projector
         self._vision: Vision | None = None
@@ -134,7 +161,7 @@ class Engine:
         shape, ctx_shape = self._shape, self._ctx_shape
         if shape is None or ctx_shape is None:
             return 0
-        return memory.context_bytes(shape, *ctx_shape)
+        return memory.context_bytes(shape, ctx_shape[0] * self.parallel, ctx_shape[1])
 
     @property
     def _live(self) -> tuple[LlamaContext, LlamaBatch, tuple[int, int]]:
@@ -224,32 +251,58 @@ class Engine:
         Setting ``cancel`` stops the answer within one token (or, during prompt evaluation,
         within one llama.cpp graph node); the final event is then ``Done("cancelled")``.
         """
+        ready = self.prepare(messages, options, tools=tools, think=think, format=format,
+                             raw=raw, context=context, suffix=suffix, **template_vars)
+        load_ns = self._ensure_context(ready.opts)
+        if ready.dropped:
+            yield Trimmed(dropped=ready.dropped, kept=ready.kept)
+        tokens: list[int] | None = ready.tokens  # None once images put the prompt in the context
+        if ready.images:
+            load_ns += self._eval_images(ready.prompt, ready.images)
+            tokens = None
+        yield from self._generate(tokens, ready.opts, load_ns, ready.dropped,
+                                  cancel or CancelFlag(), ready.grammar, ready.parser,
+                                  ready.special)
+
+    def prepare(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        options: Mapping[str, Any] | None = None,
+        *,
+        tools: Any = None,
+        think: Any = None,
+        format: Any = None,
+        raw: str | None = None,
+        context: Sequence[int] | None = None,
+        suffix: str | None = None,
+        **template_vars: Any,
+    ) -> Prepared:
+        """Everything about a request that needs no llama.cpp context: its options, the output
+        plan, the prompt's tokens fitted to its num_ctx (turns dropped if needed), its images.
+        Errors in the request (bad option, too long, images without a projector) raise here.
+        Reads only the model, so a server may prepare one request while another decodes;
+        callers serialise ``prepare`` itself (it remembers where it last cut a conversation)."""
         from chatcli.engine.output.plan import plan
 
         opts = self.resolve_options(options)
+        n_ctx = int(opts["num_ctx"])
         source = "" if self.template.is_fallback else self.template.source
         how = plan(source, self.name, messages, tools=tools, think=think, format=format)
         images = self._attach_images(how.messages)
-        load_ns = self._ensure_context(opts)
         if images and context:
             raise NotSupportedError("'context' cannot be combined with images")
-        tokens: list[int] | None  # None once images have put the prompt in the context
         if suffix is not None:
-            tokens, dropped, kept, prompt = self._fit_infill(raw or "", suffix)
+            tokens, dropped, kept, prompt = self._fit_infill(raw or "", suffix, n_ctx)
         elif raw is None:
             tokens, dropped, kept, prompt = self._fit(how.messages, opts,
                                                       {**how.template_vars, **template_vars})
         else:
-            tokens, dropped, kept, prompt = self._fit_raw(raw)
+            tokens, dropped, kept, prompt = self._fit_raw(raw, n_ctx)
         if context:
-            tokens = self._after_context(context, tokens)
-        if dropped:
-            yield Trimmed(dropped=dropped, kept=kept)
-        if images:
-            load_ns += self._eval_images(prompt, images)
-            tokens = None
-        yield from self._generate(tokens, opts, load_ns, dropped, cancel or CancelFlag(),
-                                  how.grammar, how.make_parser(prompt), how.special)
+            tokens = self._after_context(context, tokens, n_ctx)
+        return Prepared(tokens=tokens, dropped=dropped, kept=kept, prompt=prompt, opts=opts,
+                        images=images, grammar=how.grammar, parser=how.make_parser(prompt),
+                        special=how.special)
 
     def _attach_images(self, messages: list[dict[str, Any]]) -> list[bytes]:
         """Load the messages' images and put one media marker per image in their text."""
@@ -407,7 +460,8 @@ class Engine:
             self._check_memory(*shape)  # before dropping the context we have
             self._drop_context()
             self._ctx, self._batch = backend.new_context(
-                self._model, n_ctx=shape[0], n_batch=shape[1], n_threads=opts["num_thread"]
+                self._model, n_ctx=shape[0], n_batch=shape[1], n_threads=opts["num_thread"],
+                n_seq=self.parallel,
             )
             self._ctx_shape = shape
             self._threads = opts["num_thread"]
@@ -434,8 +488,10 @@ class Engine:
         available = memory.available_bytes()
         if available is not None and self._ctx_shape is not None:
             # The current context's KV cache is freed before the new one is made.
-            available += memory.kv_cache_bytes(self._shape, self._ctx_shape[0])
-        memory.check_fits(n_ctx, memory.context_bytes(self._shape, n_ctx, n_batch), available)
+            available += memory.kv_cache_bytes(self._shape, self._ctx_shape[0] * self.parallel)
+        total = n_ctx * self.parallel
+        memory.check_fits(n_ctx, memory.context_bytes(self._shape, total, n_batch), available,
+                          self.parallel)
 
     def _drop_context(self) -> None:
         self._cache.clear()
@@ -464,7 +520,7 @@ class Engine:
         tokenized, so a huge conversation costs renders, not minutes of tokenizing, and a huge
         latest message is refused at once (ContextOverflowError).
         """
-        n_ctx = self.n_ctx
+        n_ctx = int(opts["num_ctx"])
         predict = opts["num_predict"]
         reserve = min(predict if predict > 0 else ANSWER_RESERVE, n_ctx // 4)
         msgs = list(messages)
@@ -481,7 +537,7 @@ class Engine:
                 return at_least[start]
             kept = [m for i, m in enumerate(msgs) if i >= start or m.get("role") == "system"]
             text = self.render(kept, **template_vars)
-            at_least[start] = self.min_tokens(text)
+            at_least[start] = self.min_tokens(text, n_ctx)
             if at_least[start] > limit:  # cannot fit: not worth tokenizing (~3 s per MB)
                 return at_least[start]
             fitted[start] = (self.tokenize(text), text)
@@ -523,23 +579,23 @@ class Engine:
             raise overflow(last)
         return result(last)  # only the essentials left: answer in the room remaining
 
-    def _fit_raw(self, prompt: str) -> tuple[list[int], int, int, str]:
+    def _fit_raw(self, prompt: str, n_ctx: int) -> tuple[list[int], int, int, str]:
         """A raw prompt is taken as it is: nothing to drop, so it must fit."""
-        bound = self.min_tokens(prompt)
-        if bound >= self.n_ctx:
+        bound = self.min_tokens(prompt, n_ctx)
+        if bound >= n_ctx:
             raise ContextOverflowError(
-                f"the prompt is at least {bound} tokens but num_ctx is {self.n_ctx}; "
+                f"the prompt is at least {bound} tokens but num_ctx is {n_ctx}; "
                 "shorten the prompt or raise num_ctx"
             )
         tokens = self.tokenize(prompt)
-        if len(tokens) >= self.n_ctx:
+        if len(tokens) >= n_ctx:
             raise ContextOverflowError(
-                f"the prompt is {len(tokens)} tokens but num_ctx is {self.n_ctx}; "
+                f"the prompt is {len(tokens)} tokens but num_ctx is {n_ctx}; "
                 "shorten the prompt or raise num_ctx"
             )
         return tokens, 0, 0, prompt
 
-    def _fit_infill(self, prefix: str, suffix: str) -> tuple[list[int], int, int, str]:
+    def _fit_infill(self, prefix: str, suffix: str, n_ctx: int) -> tuple[list[int], int, int, str]:
         """Fill-in-the-middle with the vocabulary's FIM tokens, in llama.cpp's order:
         [BOS] <fim_pre> prefix <fim_suf> suffix <fim_mid>; the answer is the middle."""
         lc, vocab, model = backend.llama(), self._model.vocab, self._model.model
@@ -547,21 +603,21 @@ class Engine:
                          lc.llama_vocab_fim_mid(vocab))
         if min(pre, suf, mid) < 0:
             raise NotSupportedError(f'model "{self.name}" does not support insert')
-        self._fit_raw(prefix + suffix)  # the same bounds as a raw prompt, before tokenizing
+        self._fit_raw(prefix + suffix, n_ctx)  # the same bounds as a raw prompt, before tokenizing
 
         def text(s: str) -> list[int]:
             return model.tokenize(s.encode("utf-8"), add_bos=False, special=False) if s else []
 
         bos = [model.token_bos()] if model.add_bos_token() and model.token_bos() >= 0 else []
         tokens = [*bos, pre, *text(prefix), suf, *text(suffix), mid]
-        if len(tokens) >= self.n_ctx:
+        if len(tokens) >= n_ctx:
             raise ContextOverflowError(
-                f"the prompt is {len(tokens)} tokens but num_ctx is {self.n_ctx}; "
+                f"the prompt is {len(tokens)} tokens but num_ctx is {n_ctx}; "
                 "shorten the prompt or raise num_ctx"
             )
         return tokens, 0, 0, prefix
 
-    def _after_context(self, context: Sequence[int], tokens: list[int]) -> list[int]:
+    def _after_context(self, context: Sequence[int], tokens: list[int], n_ctx: int) -> list[int]:
         """``context`` (an earlier answer's tokens) followed by this prompt's tokens, without
         the prompt's own BOS: the sequence already has one."""
         n_vocab = self._model.model.n_vocab()
@@ -571,14 +627,14 @@ class Engine:
         if tokens and tokens[0] == bos and context:
             tokens = tokens[1:]
         whole = [*context, *tokens]
-        if len(whole) >= self.n_ctx:
+        if len(whole) >= n_ctx:
             raise ContextOverflowError(
-                f"the context and prompt are {len(whole)} tokens but num_ctx is {self.n_ctx}; "
+                f"the context and prompt are {len(whole)} tokens but num_ctx is {n_ctx}; "
                 "start a new context or raise num_ctx"
             )
         return whole
 
-    def min_tokens(self, text: str) -> int:
+    def min_tokens(self, text: str, n_ctx: int | None = None) -> int:
         """A lower bound on ``len(self.tokenize(text))``, found without tokenizing.
 
         No token stands for more bytes than the vocabulary's longest piece, so a text of B
@@ -586,7 +642,7 @@ class Engine:
         context at once. Texts of at most 4 x n_ctx characters, which can fit and are cheap to
         tokenize, get 0 at no cost: the happy path never pays for the vocabulary scan.
         """
-        if len(text) <= 4 * self.n_ctx:
+        if len(text) <= 4 * (self.n_ctx if n_ctx is None else n_ctx):
             return 0
         longest, strips = self._piece_facts()
         if not longest:
@@ -647,10 +703,10 @@ class Engine:
                 raise StructuredOutputError("llama.cpp's grammar engine rejected the format")
             lc.llama_sampler_chain_add(sampler.sampler, constraint)
         last_n = opts["repeat_last_n"]
-        if last_n == -1 or last_n > self.n_ctx:
+        if last_n == -1 or last_n > opts["num_ctx"]:
             # llama.cpp allocates a ring buffer of last_n tokens; none older than the context
             # can be in it anyway.
-            last_n = self.n_ctx
+            last_n = int(opts["num_ctx"])
         penalize = last_n > 0 and (
             opts["repeat_penalty"] != 1.0
             or opts["presence_penalty"] != 0.0

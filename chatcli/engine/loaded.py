@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from chatcli.engine.batch import Batcher
 from chatcli.engine.decode import Engine, load
 from chatcli.models.resolve import ResolvedModel
 
@@ -30,6 +31,8 @@ class LoadedEntry:
     timer: threading.Timer | None = None
     # keep_alive 0 asked for while the model was busy: unload when its last user is done.
     unload_when_idle: bool = False
+    # With parallel slots (chat serve --parallel N > 1): the decode loop that answers them.
+    batcher: Batcher | None = None
 
 
 def cache_key(model: ResolvedModel) -> tuple[str, str | None]:
@@ -44,6 +47,8 @@ class ModelCache:
     def __init__(self) -> None:
         self._entries: dict[tuple[str, str | None], LoadedEntry] = {}
         self._lock = threading.Lock()
+        # Requests each model answers at once (chat serve --parallel); set before loading.
+        self.parallel = 1
 
     def acquire(self, model: ResolvedModel, options: dict[str, Any] | None) -> LoadedEntry:
         """The loaded entry for ``model`` (loading it if needed), marked in use."""
@@ -52,8 +57,11 @@ class ModelCache:
             entry = self._entries.get(key)
             if entry is None:
                 engine = load(model.path, name=model.name, model_options=model.options,
-                              options=options, projector=model.projector)
+                              options=options, projector=model.projector,
+                              parallel=self.parallel)
                 entry = LoadedEntry(engine=engine, model=model, key=key)
+                if engine.parallel > 1:
+                    entry.batcher = Batcher(engine, entry.lock)
                 self._entries[key] = entry
             entry.users += 1
             entry.unload_when_idle = False  # a later request's keep_alive decides now
@@ -124,6 +132,8 @@ class ModelCache:
     def _unload_locked(self, entry: LoadedEntry) -> None:
         if self._entries.get(entry.key) is entry:
             del self._entries[entry.key]
+        if entry.batcher is not None:
+            entry.batcher.close()  # its decode thread ends (nobody uses the model now)
         with entry.lock:
             entry.engine.close()
 

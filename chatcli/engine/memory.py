@@ -98,13 +98,17 @@ def available_bytes() -> int | None:
     return min(found) if found else None
 
 
-def check_fits(n_ctx: int, needed: int, available: int | None) -> None:
-    """Refuse a context that needs more than 90% of ``available`` bytes, with the numbers."""
+def check_fits(n_ctx: int, needed: int, available: int | None, parallel: int = 1) -> None:
+    """Refuse a context that needs more than 90% of ``available`` bytes, with the numbers.
+    ``n_ctx`` is per sequence; ``parallel`` sequences share the context."""
     if available is not None and needed > available * USABLE_SHARE:
+        what = f"num_ctx {n_ctx}" if parallel == 1 else \
+            f"num_ctx {n_ctx} for each of {parallel} parallel requests"
+        lower = "lower num_ctx" if parallel == 1 else "lower num_ctx or --parallel"
         raise InvalidOptionError(
-            f"num_ctx {n_ctx} needs ~{format_bytes(needed)} for the KV cache and buffers; "
+            f"{what} needs ~{format_bytes(needed)} for the KV cache and buffers; "
             f"{format_bytes(available)} is available, of which {USABLE_SHARE:.0%} may be used; "
-            "lower num_ctx"
+            f"{lower}"
         )
 
 

@@ -224,15 +224,21 @@ def _data_url(url: Any, i: int) -> bytes:
 _OPTIONS = {"temperature": "temperature", "top_p": "top_p", "seed": "seed",
             "frequency_penalty": "frequency_penalty", "presence_penalty": "presence_penalty",
             "max_tokens": "num_predict", "max_completion_tokens": "num_predict"}
+# Sampling options outside OpenAI's set that vLLM and llama-server read at the top level of the
+# body under these names (chatcli's REPL sends them there too): honoured the same way here.
+_EXTRA_OPTIONS = ("top_k", "min_p", "typical_p", "repeat_penalty", "repeat_last_n",
+                  "mirostat", "mirostat_tau", "mirostat_eta")
 
 
 def sampling_options(body: dict[str, Any]) -> dict[str, Any]:
-    """temperature, top_p, seed, penalties, max_tokens and stop as validated Ollama options."""
+    """temperature, top_p, seed, penalties, max_tokens and stop as validated Ollama options,
+    and the extra sampling fields vLLM and llama-server accept (top_k, min_p, ...)."""
     n = body.get("n")
     if n not in (None, 1):
         raise BadRequest("only n=1 is supported", "n")
     options = {ours: body[theirs] for theirs, ours in _OPTIONS.items()
                if body.get(theirs) is not None}
+    options.update({name: body[name] for name in _EXTRA_OPTIONS if body.get(name) is not None})
     stop = body.get("stop")
     if stop is not None:
         stop = [stop] if isinstance(stop, str) else stop
