@@ -180,6 +180,35 @@ def _two_slots_test(b):
     worker.join(60)
 
 
+def test_a_long_prompt_is_read_in_chunks_beside_the_others_answers(batcher):
+    """While a ~1,400-token prompt is read, an answer already running keeps getting tokens
+    (one per step, each step reading a chunk of the prompt), instead of stopping until the
+    whole prompt is in."""
+    long = {**ONE, "repeat_penalty": 1.0, "num_predict": 2000}
+    stop = threading.Event()
+    running = batcher.chat([ENDLESS], long, cancel=stop)
+    times: list[float] = []
+    next(e for e in running if isinstance(e, ContentDelta))
+    reader = threading.Thread(target=lambda: times.extend(
+        time.monotonic() for e in running if isinstance(e, ContentDelta)), daemon=True)
+    reader.start()
+    paste = "Summarise this. " + "The cat sat on the mat and looked at the rain. " * 120
+    start = time.monotonic()
+    events = batcher.chat(user(paste), {**ONE, "num_predict": 1})
+    assert next(events) is not None  # its first event: the prompt has been read
+    read = time.monotonic()
+    prompt = len(batcher.engine.tokenize(paste))
+    assert prompt > 1200
+    during = [t for t in times if start < t < read]
+    # One step per chunk of at most 128 tokens: the answer got a token in nearly every one.
+    assert len(during) >= prompt // 128 // 2, (len(during), read - start)
+    for _ in events:
+        pass
+    stop.set()
+    reader.join(60)
+    assert not reader.is_alive()
+
+
 def test_a_request_with_another_context_size_waits_its_turn(batcher):
     opts = {**ONE, "num_predict": 12}
     results = in_threads(
