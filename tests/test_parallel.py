@@ -313,6 +313,22 @@ def test_a_client_that_hangs_up_frees_its_slot(parallel_url):
             time.sleep(0.05)
 
 
+def test_generate_with_context_and_raw_on_the_parallel_server(parallel_url):
+    """/api/generate's context (the tokens of an earlier answer) and raw prompts go through
+    the slots too: the second call continues the first, and reads only its own tokens."""
+    with httpx.Client(base_url=parallel_url, timeout=300) as c:
+        body = {"model": MODEL, "stream": False, "options": {**ONE, "num_predict": 8}}
+        first = c.post("/api/generate", json={**body, "prompt": "The capital of France is",
+                                              "raw": True}).json()
+        assert first["context"] and first["response"]
+        second = c.post("/api/generate", json={**body, "prompt": " and of Spain:", "raw": True,
+                                               "context": first["context"]}).json()
+        assert second["prompt_cached_count"] >= len(first["context"]) - 1
+        assert len(second["context"]) > len(first["context"])
+        bad = c.post("/api/generate", json={**body, "prompt": "x", "context": [-5]})
+        assert bad.status_code == 400
+
+
 def test_keep_alive_zero_unloads_once_every_slot_is_done(parallel_url):
     """keep_alive is per request: a request that asks for 0 while another is still answering
     does not cut that answer short; the model unloads when both are done."""
