@@ -151,6 +151,20 @@ def test_resolve_looks_aliases_up(bundled_path):
         resolve("fast")  # the API and the server take names as they are
 
 
+def test_show_and_cp_follow_aliases_rm_says_it_is_one(env, write):
+    write('[aliases]\nfast = "smollm2:135m"\n')
+    shown = chat(["show", "fast", "--parameters"], env)
+    assert shown.returncode == 0, shown.stderr
+    assert chat(["show", "fast"], env).stdout == chat(["show", "smollm2:135m"], env).stdout
+    p = chat(["cp", "fast", "mine"], env)
+    assert p.returncode == 0 and "copied 'fast' to 'mine'" in p.stdout, p.stderr
+    assert "mine" in chat(["list"], env).stdout
+    p = chat(["rm", "fast"], env)
+    assert p.returncode == 1 and p.stderr.count("\n") == 1
+    assert "'fast' is an alias for 'smollm2:135m' in config.toml" in p.stderr
+    assert chat(["rm", "mine"], env).returncode == 0
+
+
 def test_model_command_follows_aliases(write):
     from scripted import ScriptedClient
 

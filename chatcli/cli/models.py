@@ -79,8 +79,18 @@ def server_list_text(host: str, api: str, api_key: str | None) -> str:
     return table(rows)
 
 
+def typed_name(name: str) -> str:
+    """The model a name a person typed stands for: an alias from config.toml's [aliases] is
+    followed, as ``chat run`` follows it."""
+    from chatcli.core import config
+    from chatcli.models.resolve import expand_alias
+
+    return expand_alias(name, config.aliases())
+
+
 def show(
-    name: str = typer.Argument(..., help="Model name or .gguf path."),
+    name_arg: str = typer.Argument(..., metavar="NAME", help="Model name (or alias) or .gguf "
+                                   "path."),
     modelfile: bool = typer.Option(False, "--modelfile", help="Show a Modelfile for it."),
     parameters: bool = typer.Option(False, "--parameters", help="Show its parameters."),
     template: bool = typer.Option(False, "--template", help="Show its chat template."),
@@ -96,6 +106,7 @@ def show(
         from chatcli.models.modelinfo import parameter_lines, show_text
         from chatcli.models.resolve import resolve
 
+        name = typed_name(name_arg)
         if modelfile:
             typer.echo(render_modelfile(resolve(name)), nl=False)
         elif parameters:
@@ -121,14 +132,24 @@ def rm(
     """Remove models from chatcli's store (a blob is freed when no model uses it)."""
 
     def action() -> int:
-        from chatcli.core.errors import ChatCliError
+        from chatcli.core import config
+        from chatcli.core.errors import ChatCliError, ModelNotFoundError
         from chatcli.models.manage import remove_model
 
+        aliases = config.aliases()
         failed = 0
         for name in names:
             try:
                 remove_model(name)
                 typer.echo(f"deleted '{name}'")
+            except ModelNotFoundError as e:
+                # An alias is not followed here: removing a model is not a thing to do to
+                # whatever a short name happens to point at.
+                hint = (f"; '{name}' is an alias for '{aliases[name]}' in config.toml (remove "
+                        f"that model by its name, or the alias with chat config edit)"
+                        if name.strip() in aliases else "")
+                typer.echo(f"Error: {e}{hint}", err=True)
+                failed += 1
             except ChatCliError as e:
                 typer.echo(f"Error: {e}", err=True)
                 failed += 1
@@ -138,7 +159,7 @@ def rm(
 
 
 def cp(
-    source: str = typer.Argument(..., help="Existing model."),
+    source: str = typer.Argument(..., help="Existing model (or alias)."),
     destination: str = typer.Argument(..., help="New name."),
     debug: bool = DEBUG,
 ) -> None:
@@ -147,7 +168,7 @@ def cp(
     def action() -> None:
         from chatcli.models.manage import copy_model
 
-        copy_model(source, destination)
+        copy_model(typed_name(source), destination)
         typer.echo(f"copied '{source}' to '{destination}'")
 
     raise typer.Exit(guarded(debug, action))
