@@ -8,6 +8,10 @@ _chat() {
         config)
             case "$prev" in
             esac
+            if [[ $COMP_CWORD -eq 2 && "$cur" != -* ]]; then
+                COMPREPLY=($(compgen -W "path show edit" -- "$cur"))
+                return
+            fi
             COMPREPLY=($(compgen -W "--debug --help -h" -- "$cur"));;
         cp)
             case "$prev" in
@@ -33,9 +37,14 @@ _chat() {
             COMPREPLY=($(compgen -W "--host --api --api-key --debug --help -h" -- "$cur"));;
         log)
             case "$prev" in
+                --format|-f|--output|-o) COMPREPLY=($(compgen -f -- "$cur")); return;;
                 --limit|-n) return;;
             esac
-            COMPREPLY=($(compgen -W "--limit -n --debug --help -h" -- "$cur"));;
+            if [[ $COMP_CWORD -eq 2 && "$cur" != -* ]]; then
+                COMPREPLY=($(compgen -W "export rm search show" -- "$cur"))
+                return
+            fi
+            COMPREPLY=($(compgen -W "--limit -n --debug --help -h --format -f --output -o" -- "$cur"));;
         pull)
             case "$prev" in
             esac

@@ -68,3 +68,20 @@ def test_bash_completes_model_names_from_chat_list(cli_env):
         capture_output=True, text=True, check=True, env=env,
     ).stdout.strip()
     assert out == "smollm2:135m"
+
+
+@pytest.mark.parametrize("words, expected", [
+    ("chat log s", "search show"),
+    ("chat log ", "export rm search show"),
+    ("chat config e", "edit"),
+    ("chat log search --l", "--limit"),
+])
+def test_bash_completes_sub_commands_and_fixed_choices(words, expected):
+    script = ROOT / "completions" / "chat.bash"
+    parts = words.split(" ")
+    out = subprocess.run(
+        ["bash", "-c", f"source {script}; COMP_WORDS=({' '.join(repr(p) for p in parts)}); "
+                       f"COMP_CWORD={len(parts) - 1}; _chat; " 'echo "${COMPREPLY[@]}"'],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()
+    assert out == expected

@@ -34,6 +34,7 @@ class Cmd:
     name: str
     help: str
     options: list[Opt] = field(default_factory=list)
+    words: list[str] = field(default_factory=list)  # its first argument's choices, if fixed
 
 
 def describe_cli() -> tuple[list[Opt], list[Cmd]]:
@@ -58,8 +59,35 @@ def describe_cli() -> tuple[list[Opt], list[Cmd]]:
         out.append(Opt(["--help", "-h"], "Show help and exit.", False, False))
         return out
 
+    def group_opts(command: Any) -> list[Opt]:
+        """A group's options and those of its sub-commands (``chat log search --limit``)."""
+        out, seen = [], set()
+        for sub in [command, *getattr(command, "commands", {}).values()]:
+            for o in opts(sub):
+                if tuple(o.names) not in seen:
+                    seen.add(tuple(o.names))
+                    out.append(o)
+        return out
+
+    def words(command: Any) -> list[str]:
+        """The sub-commands of a group (``chat log list``), or the choices of a command's
+        first argument (``chat config edit``)."""
+        import enum
+
+        from typer.core import TyperArgument
+
+        if getattr(command, "commands", None):
+            return sorted(command.commands)
+        for p in command.params:
+            if isinstance(p, TyperArgument):
+                kind = getattr(getattr(p, "type_descriptor", None), "annotation", None)
+                if isinstance(kind, type) and issubclass(kind, enum.Enum):
+                    return [str(m.value) for m in kind]
+                return []
+        return []
+
     commands = [
-        Cmd(name, (c.help or "").strip().split("\n")[0], opts(c))
+        Cmd(name, (c.help or "").strip().split("\n")[0], group_opts(c), words(c))
         for name, c in sorted(root.commands.items())
     ]
     return opts(root), commands
@@ -91,6 +119,12 @@ def bash() -> str:
         if value_opts:
             lines.append(f"                {value_opts}) return;;")
         lines.append("            esac")
+        if c.words:
+            lines.append('            if [[ $COMP_CWORD -eq 2 && "$cur" != -* ]]; then')
+            lines.append(f'                COMPREPLY=($(compgen -W "{" ".join(c.words)}" -- '
+                         '"$cur"))')
+            lines.append("                return")
+            lines.append("            fi")
         if c.name in MODEL_COMMANDS:
             lines.append('            if [[ "$cur" != -* ]]; then')
             lines.append(f'                COMPREPLY=($(compgen -W "$({LIST_MODELS})" -- "$cur"))')
@@ -125,7 +159,10 @@ def zsh() -> str:
         lines.append(f"                {c.name})")
         lines.append("                    _arguments \\")
         lines += [f"                        {_zsh_spec(o)} \\" for o in c.options]
-        if c.name in MODEL_COMMANDS:
+        if c.words:
+            lines.append(f"                        '1:action:({' '.join(c.words)})' \\")
+            lines.append("                        '*:argument:_files';;")
+        elif c.name in MODEL_COMMANDS:
             lines.append("                        '*:model:_chat_models';;")
         else:
             lines.append("                        '*:argument:_files';;")
@@ -155,6 +192,9 @@ def fish() -> str:
     lines += [spec(o, "__fish_use_subcommand") for o in root]
     for c in commands:
         lines += [spec(o, f"__fish_seen_subcommand_from {c.name}") for o in c.options]
+        if c.words:
+            lines.append(f"complete -c chat -n '__fish_seen_subcommand_from {c.name}' "
+                         f"-a '{' '.join(c.words)}'")
         if c.name in MODEL_COMMANDS:
             lines.append(f"complete -c chat -n '__fish_seen_subcommand_from {c.name}' "
                          f"-a '({LIST_MODELS})'")
