@@ -63,7 +63,7 @@ class ScriptedClient(ChatClient):
                                    prompt_eval_duration=2, eval_count=len(words),
                                    eval_duration=5))
 
-    def save_state(self, model: str) -> bool:
+    def save_state(self, model: str, *, background: bool = False) -> bool:
         return False
 
     def show(self, model: str, options: Mapping[str, Any] | None = None) -> dict[str, Any]:

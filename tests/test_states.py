@@ -160,6 +160,22 @@ def test_store_too_small_for_the_state_writes_nothing(saved, tmp_path, monkeypat
     assert states.StateStore().usage() == (0, 0)
 
 
+def test_the_save_after_an_answer_does_not_hold_up_the_prompt():
+    """After each logged answer the state is saved on a thread holding the model's lock: the
+    caller gets control back at once (the model here is busy: the save cannot have run), and
+    the state is there once the save is done (the process waits for it at exit)."""
+    from chatcli.client.local import wait_for_saves
+
+    session = Session(LocalClient(), MODEL, options=OPTIONS)
+    ask(session, FIRST)
+    (entry,) = CACHE.loaded()
+    with entry.lock:  # an answer in progress, say
+        assert session.client.save_state(MODEL, background=True) is True
+        assert states.StateStore().usage() == (0, 0)
+    wait_for_saves()
+    assert states.StateStore().usage()[0] == 1
+
+
 def test_remote_and_scripted_clients_save_no_state(tmp_path):
     for client in (RemoteClient("http://127.0.0.1:9"), ScriptedClient(["hello there"])):
         session = Session(client, MODEL)

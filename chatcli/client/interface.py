@@ -43,9 +43,10 @@ class ChatClient(Protocol):
         model_options, name and path."""
         ...
 
-    def save_state(self, model: str) -> bool:
+    def save_state(self, model: str, *, background: bool = False) -> bool:
         """Keep what ``model`` has read of the conversation (its KV cache) on disk, so that
         resuming the conversation later does not read the history again. A capability, not a
         duty: a client that cannot (a remote server) does nothing and returns False. Never
-        raises for a failed save: the state is only a cache."""
+        raises for a failed save: the state is only a cache. ``background``: return at once
+        and save while the person reads the answer (done before the process exits)."""
         ...

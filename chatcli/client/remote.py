@@ -115,7 +115,7 @@ class RemoteClient(ChatClient):
             "path": f"remote: {self.base_url}",
         }
 
-    def save_state(self, model: str) -> bool:
+    def save_state(self, model: str, *, background: bool = False) -> bool:
         """Nothing to do: the server keeps its own KV cache."""
         return False
 

@@ -133,7 +133,8 @@ class Session:
                 self.messages.append(message)
                 if self.recorder is not None:  # after the answer, never inside the stream
                     self.recorder.record(self.to_conversation(), answer.done)
-                    self.client.save_state(self.model)  # its KV cache, for a resume
+                    # Its KV cache, for a resume: written while the person reads the answer.
+                    self.client.save_state(self.model, background=True)
             elif self.messages and self.messages[-1]["role"] == "user":
                 self.messages.pop()
 
