@@ -37,7 +37,7 @@ from chatcli.engine.states import common_prefix
 from chatcli.engine.textstream import StopMatcher, Utf8Stream
 
 _log = logging.getLogger("chatcli")
-_END = object()
+END = object()  # the last thing emitted for a request that ended well
 # While some slots are answering, a prompt is read at most this many tokens per step (or
 # n_batch / 4 if larger), so each step, and the others' next token, waits for a short chunk.
 SHARED_CHUNK = 128
@@ -54,7 +54,7 @@ class _Job:
                  emit: Callable[[Any], None], alone: Callable[[], Iterator[Event]] | None):
         self.ready = ready
         self.cancel = cancel
-        self.emit = emit  # Event, BaseException or _END
+        self.emit = emit  # Event, BaseException or END
         self.alone = alone  # a request the single-sequence engine answers (images)
         self.slot: _Slot | None = None
         self.fed = 0  # prompt tokens in the slot's cache
@@ -104,6 +104,31 @@ class Batcher:
 
     # -- the callers' side -------------------------------------------------------------------
 
+    def submit(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        options: Mapping[str, Any] | None,
+        *,
+        emit: Callable[[Any], None],
+        cancel: threading.Event,
+        **request: Any,
+    ) -> None:
+        """Prepare a request (its errors raise here, before anything is emitted) and queue
+        it. Its events then go to ``emit``, from the decode thread (Trimmed first, from this
+        one), ending with ``END`` after Done, or with an exception instead. ``emit`` must not
+        block: a server hands each event to its event loop."""
+        if any(m.get("images") for m in messages):
+            def alone() -> Iterator[Event]:
+                return self.engine.chat(messages, options, cancel=cancel, **request)
+            job = _Job(None, cancel, emit, alone)
+        else:
+            with self._prep:
+                ready = self.engine.prepare(messages, options, **request)
+            job = _Job(ready, cancel, emit, None)
+            if ready.dropped:
+                emit(Trimmed(dropped=ready.dropped, kept=ready.kept))
+        self._submit(job)
+
     def chat(
         self,
         messages: Sequence[Mapping[str, Any]],
@@ -115,21 +140,11 @@ class Batcher:
         """``Engine.chat``'s events for one request, answered beside the others."""
         cancel = cancel if cancel is not None else CancelFlag()
         out: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        if any(m.get("images") for m in messages):
-            def alone() -> Iterator[Event]:
-                return self.engine.chat(messages, options, cancel=cancel, **request)
-            job = _Job(None, cancel, out.put, alone)
-        else:
-            with self._prep:
-                ready = self.engine.prepare(messages, options, **request)
-            job = _Job(ready, cancel, out.put, None)
-        self._submit(job)
+        self.submit(messages, options, emit=out.put, cancel=cancel, **request)
         try:
-            if job.ready is not None and job.ready.dropped:
-                yield Trimmed(dropped=job.ready.dropped, kept=job.ready.kept)
             while True:
                 item = out.get()
-                if item is _END:
+                if item is END:
                     return
                 if isinstance(item, BaseException):
                     raise item
@@ -236,7 +251,7 @@ class Batcher:
             try:
                 for event in job.alone():
                     job.emit(event)
-                job.emit(_END)
+                job.emit(END)
             finally:
                 self._forget_all()
 
@@ -404,7 +419,7 @@ class Batcher:
             trimmed = job.ready.dropped if job.ready is not None else 0
             self._release(job)
             job.emit(Done(done_reason=reason, metrics=m, trimmed=trimmed, context=context))
-            job.emit(_END)
+            job.emit(END)
         except BaseException as e:
             self._fail(job, e)
 

@@ -2,8 +2,9 @@
 
 Each answer runs in a worker thread that holds its model's lock (one request per model at a
 time, so answers never interleave in one KV cache) and pushes the engine's events onto an
-asyncio queue. When the client goes away, the async side sets the cancel flag and the engine
-stops within a token, freeing the model for the next request.
+asyncio queue; a model with parallel slots (``chat serve --parallel``) pushes them there from
+its own decode loop (engine/batch.py). When the client goes away, the async side sets the
+cancel flag and the engine stops within a token, freeing the model for the next request.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from typing import Any
 
 from chatcli.client.accumulate import Accumulator
 from chatcli.client.local import run_chat, with_model_system
-from chatcli.core.events import Event
+from chatcli.core.events import Done, Event
 from chatcli.core.keepalive import parse_keep_alive
+from chatcli.engine.batch import END
 from chatcli.engine.cancel import CancelFlag
 from chatcli.engine.loaded import CACHE
 from chatcli.models.resolve import resolve
@@ -69,19 +71,52 @@ async def answer(
         except RuntimeError:  # the server's event loop is gone (shutdown): nobody listens
             cancel.set()
 
-    def work() -> None:
-        try:
-            for event in run_chat(entry, msgs, options, start=start, ready=ready,
-                                  cancel=cancel, **request):
-                send(event)
-        except BaseException as e:  # handed to the async side, raised there
-            send(e)
-        finally:
-            CACHE.release(entry, keep)
-            send(_END)
+    if entry.batcher is not None:
+        # Parallel slots: the model's decode loop hands each event straight to this event
+        # loop (no thread per request in between: on a busy CPU every wake-up counts).
+        released = False
 
-    thread = threading.Thread(target=work, name=f"answer-{resolved.name}", daemon=True)
-    thread.start()
+        def emit(item: Any) -> None:
+            nonlocal released
+            if isinstance(item, Done):
+                item.metrics.load_duration += ready - start
+                item.metrics.total_duration = time.perf_counter_ns() - start
+            if (item is END or isinstance(item, BaseException)) and not released:
+                released = True
+                # Not on the decode thread: releasing may unload the model (keep_alive 0),
+                # which stops that very loop. The response ends once the model is released.
+                last = _END if item is END else item
+
+                def release() -> None:
+                    CACHE.release(entry, keep)
+                    send(last)
+
+                threading.Thread(target=release, name="release", daemon=True).start()
+                return
+            send(item)
+
+        try:
+            await asyncio.to_thread(entry.batcher.submit, msgs, options, emit=emit,
+                                    cancel=cancel, **request)
+        except BaseException:
+            if not released:
+                released = True
+                CACHE.release(entry, keep)
+            raise
+    else:
+        def work() -> None:
+            try:
+                for event in run_chat(entry, msgs, options, start=start, ready=ready,
+                                      cancel=cancel, **request):
+                    send(event)
+            except BaseException as e:  # handed to the async side, raised there
+                send(e)
+            finally:
+                CACHE.release(entry, keep)
+                send(_END)
+
+        thread = threading.Thread(target=work, name=f"answer-{resolved.name}", daemon=True)
+        thread.start()
     try:
         first = await queue.get()
         if isinstance(first, BaseException):
