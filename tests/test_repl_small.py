@@ -310,3 +310,91 @@ def test_ctrl_c_between_the_prompt_and_the_answer_says_what_happened(state, monk
         loop._loop(state, PromptSession(input=pipe, output=DummyOutput()))
     assert said in state.stdout.getvalue()
     assert state.session.messages == before
+
+
+def _loop_on(state, *lines):
+    """Run the REPL's loop on typed lines (a pipe, not a terminal), to their end."""
+    from prompt_toolkit import PromptSession
+    from prompt_toolkit.input import create_pipe_input
+    from prompt_toolkit.output import DummyOutput
+
+    from chatcli.repl import loop
+
+    with create_pipe_input() as pipe:
+        pipe.send_text("".join(line + "\r" for line in lines))
+        pipe.close()
+        loop._loop(state, PromptSession(input=pipe, output=DummyOutput()))
+
+
+def test_ctrl_c_after_the_message_was_taken_in_but_before_the_answer_takes_it_back(
+        state, monkeypatch):
+    """The session takes the message in before the answer streams; a KeyboardInterrupt in
+    between left it in the conversation, unanswered, though the REPL said it was not."""
+    from chatcli.repl import state as state_mod
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    run(state, "kept question")
+    before = list(state.session.messages)
+    monkeypatch.setattr(state_mod, "stream_answer", interrupted)
+    _loop_on(state, "doomed question")
+    assert "Stopped before it was answered; the message is not in the conversation" in \
+        " ".join(state.stdout.getvalue().split())
+    assert state.session.messages == before
+    monkeypatch.undo()
+    assert "Nothing to undo" in run(state, "/undo")  # not the kept exchange
+
+
+def test_ctrl_c_just_after_the_answer_does_not_say_it_stopped_anything(state, monkeypatch):
+    from chatcli.repl import state as state_mod
+
+    answer = state_mod.stream_answer
+
+    def answered_then_interrupted(*args, **kwargs):
+        answer(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(state_mod, "stream_answer", answered_then_interrupted)
+    _loop_on(state, "a question")
+    assert "first answer" in state.stdout.getvalue()
+    assert "Stopped" not in state.stdout.getvalue()
+    assert [m["role"] for m in state.session.messages] == ["user", "assistant"]
+
+
+def test_a_ctrl_c_behind_more_than_a_read_of_typeahead_still_stops_the_message():
+    from prompt_toolkit import PromptSession
+    from prompt_toolkit.input import create_pipe_input
+    from prompt_toolkit.output import DummyOutput
+
+    from chatcli.repl.loop import stopped_before_sent
+
+    with create_pipe_input() as pipe:
+        session = PromptSession(input=pipe, output=DummyOutput())
+        pipe.send_text("question\r" + "x" * 5000 + "\x03")
+        assert session.prompt() == "question"
+        assert stopped_before_sent(session) is True
+
+
+def test_around_the_prompt_ctrl_c_is_a_byte_and_no_mode_change_drops_typed_keys():
+    """The mode the REPL keeps around the prompt: Ctrl+C is no signal (prompt-toolkit lets go
+    of raw mode before prompt() returns, and would lose it) but the byte \\x03, and turning
+    the signal on and off again keeps what was typed."""
+    termios = pytest.importorskip("termios")
+    from chatcli.repl.typeahead import held_keys
+
+    master, slave = os.openpty()
+    try:
+        with open(slave, "rb", buffering=0, closefd=False) as tty:
+            with held_keys(tty, signals=False):
+                assert not termios.tcgetattr(slave)[3] & termios.ISIG
+                os.write(master, b"typed\x03")
+                with held_keys(tty):
+                    assert termios.tcgetattr(slave)[3] & termios.ISIG
+                    os.write(master, b"more")
+                assert not termios.tcgetattr(slave)[3] & termios.ISIG
+                time.sleep(0.05)
+                assert os.read(slave, 100) == b"typed\x03more"
+    finally:
+        os.close(master)
+        os.close(slave)

@@ -141,9 +141,14 @@ def run_repl(state: ReplState) -> None:
         enable_history_search=False,
     )
     _keep_scrollback(prompt.app.output)
-    # Outside the prompt (answers, commands, model loading) typed keys wait for the next
-    # prompt unechoed; the prompt's own raw mode nests inside and restores this one.
-    with held_keys():
+    # Outside the prompt typed keys wait for the next prompt unechoed; the prompt's own raw
+    # mode nests inside and restores this one. Ctrl+C is no signal here: prompt-toolkit leaves
+    # its raw mode a few milliseconds before prompt() returns, and a SIGINT in that time is
+    # lost (its handler hands it to a prompt that is already done) or comes out of prompt() as
+    # a KeyboardInterrupt that looks like Ctrl+C at the prompt, and the message that was just
+    # accepted is dropped without a word. As a byte it waits in the input for
+    # stopped_before_sent; once prompt() has returned, _loop turns the signal back on.
+    with held_keys(signals=False):
         _loop(state, prompt)
 
 
@@ -161,14 +166,21 @@ def _keep_scrollback(output: Any) -> None:
 
 def stopped_before_sent(prompt: Any) -> bool:
     """Whether a Ctrl+C was typed while the prompt was still taking in a long paste and its
-    Enter. The prompt's raw mode turns Ctrl+C into a key, not a signal, so it waits behind the
-    Enter (in prompt-toolkit's typeahead or still unread); it meant "stop", so the message is
-    not sent. Other typed-ahead keys are kept for the next prompt."""
+    Enter, or was handing the message over. The prompt's raw mode, and the REPL's mode around
+    the prompt, turn Ctrl+C into a key, not a signal, so it waits behind the Enter (in
+    prompt-toolkit's typeahead or still unread); it meant "stop", so the message is not sent.
+    Other typed-ahead keys are kept for the next prompt. Call it once Ctrl+C is a signal again,
+    so that a Ctrl+C is either read here or raises KeyboardInterrupt, never left unread."""
     from prompt_toolkit.input.typeahead import get_typeahead, store_typeahead
     from prompt_toolkit.keys import Keys
 
     source = prompt.app.input
-    keys = get_typeahead(source) + source.read_keys()  # read_keys does not wait
+    keys = get_typeahead(source)
+    for _ in range(1024):  # each read takes up to 1 KB and does not wait
+        more = source.read_keys()
+        if not more:
+            break
+        keys += more
     stops = [i for i, key in enumerate(keys) if key.key == Keys.ControlC]
     store_typeahead(source, keys[stops[-1] + 1:] if stops else keys)
     return bool(stops)
@@ -182,23 +194,43 @@ def _loop(state: ReplState, prompt: Any) -> None:
             continue  # Ctrl+C at the prompt clears the line
         except EOFError:
             break
-        if stopped_before_sent(prompt):
-            state.out.note("Stopped before it was sent; the message is in the input history "
-                           "(press Up).")
-            continue
+        messages = state.session.messages
+        tail = messages[-1] if messages else None
         try:
-            one_iteration(state, text)
+            # Ctrl+C is a signal again (a KeyboardInterrupt, or a clean stop during an answer),
+            # then whatever was typed before that is read: a Ctrl+C among it stops the message.
+            with held_keys():
+                if stopped_before_sent(prompt):
+                    state.out.note("Stopped before it was sent; the message is in the input "
+                                   "history (press Up).")
+                    continue
+                one_iteration(state, text)
         except EOFError:
             break
         except ChatCliError as e:
             state.out.error(str(e))
         except KeyboardInterrupt:
-            # Between the prompt and the answer (or a second Ctrl+C while a model loads): a
-            # message did not get an answer and is not in the conversation.
-            state.out.note("Interrupted." if text.lstrip().startswith("/") else
-                           "Stopped before it was answered; the message is not in the "
-                           "conversation (press Up to edit and resend it).")
+            _interrupted(state, text, tail)
         except Exception as e:  # don't crash the REPL; keep the conversation
             if os.environ.get("CHATCLI_DEBUG"):
                 raise
             state.out.error(f"unexpected error: {type(e).__name__}: {e}")
+
+
+def _interrupted(state: ReplState, text: str, tail: dict[str, Any] | None) -> None:
+    """Say what a KeyboardInterrupt out of one input did; ``tail`` is the conversation's last
+    message before it. Only the answer itself turns Ctrl+C into a clean stop, so this is a
+    Ctrl+C between the prompt and the answer (or a second one while a model loads), or just
+    after the answer."""
+    if text.lstrip().startswith("/"):
+        state.out.note("Interrupted.")
+        return
+    messages = state.session.messages
+    now = messages[-1] if messages else None
+    if now is not tail and now is not None and now["role"] == "assistant":
+        return  # the answer had ended: nothing was stopped, as for Ctrl+C at the prompt
+    if now is not tail and now is not None and now["role"] == "user":
+        messages.pop()  # taken in, never answered: out again
+    state.taken_back = (tail,)  # /undo then has nothing of this input to drop
+    state.out.note("Stopped before it was answered; the message is not in the conversation "
+                   "(press Up to edit and resend it).")
