@@ -25,6 +25,7 @@ from chatcli.client.interface import ChatClient
 from chatcli.client.remote import (
     RemoteClient,
     ServerModel,
+    get_list,
     http_client,
     post_stream,
     refuse_projector,
@@ -174,18 +175,7 @@ class OpenAIClient(ChatClient):
 
     def models(self) -> list[dict[str, Any]]:
         """The server's model cards (``GET /v1/models``)."""
-        try:
-            response = self._http.get("/models")
-        except httpx.HTTPError as e:
-            raise self._unreachable(e) from None
-        if response.status_code != 200:
-            raise self._error(response, "")
-        try:
-            data = response.json().get("data")
-        except (ValueError, AttributeError):
-            data = None
-        if not isinstance(data, list):
-            raise ChatCliError(f"{self.base_url} did not answer like an OpenAI server")
+        data = get_list(self, "/models", "data", "an OpenAI server")
         return [card for card in data if isinstance(card, dict)]
 
     # -- internals -------------------------------------------------------------------------

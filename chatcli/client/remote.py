@@ -121,21 +121,9 @@ class RemoteClient(ChatClient):
 
     def list_models(self) -> list[ServerModel]:
         """The server's models (``GET /api/tags``), newest first as the server gives them."""
-        try:
-            response = self._http.get("/api/tags")
-        except httpx.HTTPError as e:
-            raise self._unreachable(e) from None
-        if response.status_code == 404:
-            raise ChatCliError(f"{self.base_url} has no /api/tags: is it Ollama or `chat "
-                               "serve`? (--api openai for an OpenAI-compatible server)")
-        if response.status_code != 200:
-            raise self._error(response, "")
-        try:
-            models = response.json().get("models")
-        except (ValueError, AttributeError):
-            models = None
-        if not isinstance(models, list):
-            raise ChatCliError(f"{self.base_url} did not answer like an Ollama server")
+        models = get_list(self, "/api/tags", "models", "an Ollama server", missing=(
+            f"{self.base_url} has no /api/tags: is it Ollama or `chat serve`? (--api openai "
+            "for an OpenAI-compatible server)"))
         return [_server_model(m) for m in models
                 if isinstance(m, dict) and isinstance(m.get("name") or m.get("model"), str)]
 
@@ -215,6 +203,28 @@ def refuse_projector(projector: Path | None) -> None:
     if projector is not None:
         raise NotSupportedError("--mmproj works with local models only; on a server, use "
                                 "a model that has its vision projector")
+
+
+def get_list(client: Any, path: str, key: str, kind: str, missing: str | None = None
+             ) -> list[Any]:
+    """``GET path`` on ``client``'s server (a RemoteClient or an OpenAIClient): the JSON list
+    under ``key``, or one clear error (unreachable, an error status, ``missing`` for a 404 when
+    given, or an answer not shaped like ``kind``'s)."""
+    try:
+        response = client._http.get(path)
+    except httpx.HTTPError as e:
+        raise client._unreachable(e) from None
+    if response.status_code == 404 and missing is not None:
+        raise ChatCliError(missing)
+    if response.status_code != 200:
+        raise client._error(response, "")
+    try:
+        found = response.json().get(key)
+    except (ValueError, AttributeError):
+        found = None
+    if not isinstance(found, list):
+        raise ChatCliError(f"{client.base_url} did not answer like {kind}")
+    return found
 
 
 def post_stream(

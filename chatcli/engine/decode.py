@@ -231,18 +231,13 @@ class Engine:
         messages: Sequence[Mapping[str, Any]],
         options: Mapping[str, Any] | None = None,
         *,
-        tools: Any = None,
-        think: Any = None,
-        format: Any = None,
         cancel: threading.Event | None = None,
-        raw: str | None = None,
-        context: Sequence[int] | None = None,
-        suffix: str | None = None,
-        **template_vars: Any,
+        **request: Any,
     ) -> Iterator[Event]:
         """Answer the conversation; yields Trimmed (if old turns were dropped), then thinking,
         content and tool-call events, then Done.
 
+        ``request`` is ``prepare``'s keywords (and template variables):
         ``tools``, ``think`` and ``format`` have Ollama's meaning (see capabilities.plan).
         ``raw`` is Ollama's raw mode: that text is the whole prompt, with no template.
         ``context`` (token ids from an earlier Done) goes before the prompt, which continues it.
@@ -251,8 +246,7 @@ class Engine:
         Setting ``cancel`` stops the answer within one token (or, during prompt evaluation,
         within one llama.cpp graph node); the final event is then ``Done("cancelled")``.
         """
-        ready = self.prepare(messages, options, tools=tools, think=think, format=format,
-                             raw=raw, context=context, suffix=suffix, **template_vars)
+        ready = self.prepare(messages, options, **request)
         load_ns = self._ensure_context(ready.opts)
         if ready.dropped:
             yield Trimmed(dropped=ready.dropped, kept=ready.kept)
