@@ -19,7 +19,6 @@ the single-sequence engine answers them, and every slot's cache starts empty aft
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import queue
 import threading
@@ -32,9 +31,8 @@ from chatcli.core.errors import ChatCliError
 from chatcli.core.events import Done, Event, Metrics, Trimmed
 from chatcli.engine import binding as backend
 from chatcli.engine.cancel import CancelFlag
-from chatcli.engine.decode import Engine, Prepared
+from chatcli.engine.decode import AnswerText, Engine, Prepared
 from chatcli.engine.states import common_prefix
-from chatcli.engine.textstream import StopMatcher, Utf8Stream
 
 _log = logging.getLogger("chatcli")
 END = object()  # the last thing emitted for a request that ended well
@@ -63,8 +61,7 @@ class _Job:
         self.metrics = Metrics()
         self.count = 0
         self.limit = 0
-        self.stops: StopMatcher | None = None
-        self.utf8 = Utf8Stream()
+        self.out: AnswerText | None = None  # its text, once it has a slot
         self.started = 0  # ns: when it got its slot
         self.first = 0  # ns: when its prompt was read (first token sampled)
         self.done = False
@@ -100,7 +97,6 @@ class Batcher:
         self._closing = False
         self._thread: threading.Thread | None = None
         self._turn = 0
-        self._buf = ctypes.create_string_buffer(256)
 
     # -- the callers' side -------------------------------------------------------------------
 
@@ -221,6 +217,7 @@ class Batcher:
             return taken
 
     def _shape(self) -> tuple[int, int, int, int] | None:
+        """The context's shape as ``Prepared.shape`` writes it (None: no context yet)."""
         e = self.engine
         if e._ctx_shape is None:
             return None
@@ -286,7 +283,9 @@ class Batcher:
         job.sampler = self.engine._sampler(opts, tokens, job.ready.grammar)
         limit = opts["num_predict"]
         job.limit = n_ctx if limit < 0 else limit
-        job.stops = StopMatcher(list(opts["stop"]) + list(self.engine.template.stop_strings))
+        job.out = AnswerText(self.engine.loaded_model.vocab,
+                             [*opts["stop"], *self.engine.template.stop_strings],
+                             job.ready.parser, job.ready.special)
         job.fed = n_past
         job.metrics.prompt_eval_count = len(tokens)
         job.metrics.prompt_cached_count = n_past
@@ -374,26 +373,16 @@ class Batcher:
             job.first = now
             job.metrics.prompt_eval_duration = now - job.started
         try:
-            ready, stops, slot = job.ready, job.stops, job.slot
-            assert ready is not None and stops is not None and slot is not None
+            out, slot = job.out, job.slot
+            assert out is not None and slot is not None
             tok = lc.llama_sampler_sample(job.sampler.sampler, cctx, index)
-            vocab = engine._model.vocab
-            if lc.llama_vocab_is_eog(vocab, tok):
+            if lc.llama_vocab_is_eog(engine.loaded_model.vocab, tok):
                 return self._finish(job, "stop")
             job.count += 1
-            buf = self._buf
-            size = len(buf)
-            k = lc.llama_token_to_piece(vocab, tok, buf, size, 0, ready.special)
-            if k < 0:  # a piece longer than the buffer: grow it
-                self._buf = buf = ctypes.create_string_buffer(-k)
-                k = lc.llama_token_to_piece(vocab, tok, buf, -k, 0, ready.special)
-            text = job.utf8.feed(buf.raw[:k])
-            if text:
-                text = stops.feed(text)
-                for event in ready.parser.feed(text) if text else ():
-                    job.emit(event)
-                if stops.stopped:
-                    return self._finish(job, "stop")
+            for event in out.feed(tok):
+                job.emit(event)
+            if out.stopped:
+                return self._finish(job, "stop")
             if job.count >= job.limit or len(slot.cache) + 1 >= n_ctx:
                 return self._finish(job, "length", held=tok)
             job.next = tok
@@ -405,10 +394,8 @@ class Batcher:
         if job.done:
             return
         try:
-            if job.ready is not None and job.stops is not None:
-                stops, parser = job.stops, job.ready.parser
-                tail = "" if stops.stopped else stops.feed(job.utf8.flush()) + stops.flush()
-                for event in (parser.feed(tail) if tail else []) + parser.finish():
+            if job.out is not None:
+                for event in job.out.finish():
                     job.emit(event)
             m = job.metrics
             m.eval_count = job.count

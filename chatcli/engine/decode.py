@@ -65,9 +65,55 @@ class Prepared:
     @property
     def shape(self) -> tuple[int, int, int, int]:
         """What the context must be for this request: (num_ctx, n_batch, num_gpu, threads)."""
-        o = self.opts
-        return (int(o["num_ctx"]), min(int(o["num_batch"]), int(o["num_ctx"])), o["num_gpu"],
-                o["num_thread"])
+        return (*context_size(self.opts), self.opts["num_gpu"], self.opts["num_thread"])
+
+
+def context_size(opts: Mapping[str, Any]) -> tuple[int, int]:
+    """(n_ctx, n_batch) of the context that resolved options ask for."""
+    return int(opts["num_ctx"]), min(int(opts["num_batch"]), int(opts["num_ctx"]))
+
+
+class AnswerText:
+    """From sampled tokens to the answer's events: each token's piece (special tokens as
+    text only when ``special``), whole UTF-8 characters only, cut at the first stop string,
+    split by ``parser`` into content, thinking and tool calls. Work per token does not grow
+    with the answer. One per answer (the single-sequence loop's, or a parallel slot's)."""
+
+    def __init__(self, vocab: Any, stops: Sequence[str], parser: OutputParser,
+                 special: bool) -> None:
+        self._vocab = vocab
+        self._stops = StopMatcher(list(stops))
+        self._utf8 = Utf8Stream()
+        self._parser = parser
+        self._special = special
+        self._size = 256
+        self._buf = ctypes.create_string_buffer(self._size)
+        self._to_piece = backend.llama().llama_token_to_piece
+
+    @property
+    def stopped(self) -> bool:
+        """A stop string was found: the answer ends here."""
+        return self._stops.stopped
+
+    def feed(self, tok: int) -> list[Event]:
+        """The events that token ``tok`` completes (often none)."""
+        n = self._to_piece(self._vocab, tok, self._buf, self._size, 0, self._special)
+        if n < 0:  # piece longer than the buffer: grow it once
+            self._size = -n
+            self._buf = ctypes.create_string_buffer(self._size)
+            n = self._to_piece(self._vocab, tok, self._buf, self._size, 0, self._special)
+        text = self._utf8.feed(self._buf.raw[:n])
+        if not text:
+            return []
+        text = self._stops.feed(text)
+        return self._parser.feed(text) if text else []
+
+    def finish(self) -> list[Event]:
+        """What was held back (a partial character, a possible stop string), then the
+        parser's last events."""
+        stops = self._stops
+        tail = "" if stops.stopped else stops.feed(self._utf8.flush()) + stops.flush()
+        return (self._parser.feed(tail) if tail else []) + self._parser.finish()
 
 
 class Engine:
@@ -449,7 +495,7 @@ class Engine:
             path = self._model.path
             self._model.close()
             self._model = safemode.load_model(path, opts["num_gpu"])
-        shape = (int(opts["num_ctx"]), min(int(opts["num_batch"]), int(opts["num_ctx"])))
+        shape = context_size(opts)
         if shape != self._ctx_shape:
             self._check_memory(*shape)  # before dropping the context we have
             self._drop_context()
@@ -808,18 +854,16 @@ class Engine:
         limit = opts["num_predict"]
         if limit < 0:
             limit = n_ctx  # -1 (until done) and -2 (fill the context) both end at the context
-        stops = StopMatcher(list(opts["stop"]) + list(self.template.stop_strings))
-        utf8 = Utf8Stream()
+        out = AnswerText(self._model.vocab, [*opts["stop"], *self.template.stop_strings],
+                         parser, special)
 
         # Hot loop: bind everything to locals.
         sample = lc.llama_sampler_sample
         is_eog = lc.llama_vocab_is_eog
-        to_piece = lc.llama_token_to_piece
         decode = lc.llama_decode
+        feed = out.feed
         smpl, cctx, vocab = sampler.sampler, ctx.ctx, self._model.vocab
         cb = batch.batch
-        buf_size = 256
-        buf = ctypes.create_string_buffer(buf_size)
         now = time.perf_counter_ns
         cancelled = cancel.is_set
         eval_ns = 0
@@ -836,21 +880,13 @@ class Engine:
                 if is_eog(vocab, tok):
                     break
                 count += 1
-                n = to_piece(vocab, tok, buf, buf_size, 0, special)
-                if n < 0:  # piece longer than the buffer: grow it once
-                    buf_size = -n
-                    buf = ctypes.create_string_buffer(buf_size)
-                    n = to_piece(vocab, tok, buf, buf_size, 0, special)
-                text = utf8.feed(buf.raw[:n])
-                if text:
-                    text = stops.feed(text)
-                    events = parser.feed(text) if text else ()
-                    if events:
-                        eval_ns += now() - t
-                        yield from events
-                        t = now()
-                    if stops.stopped:
-                        break
+                events = feed(tok)
+                if events:
+                    eval_ns += now() - t
+                    yield from events
+                    t = now()
+                if out.stopped:
+                    break
                 if count >= limit or len(cache) + 1 >= n_ctx:
                     done_reason = "length"
                     held = tok  # part of the answer, though never decoded into the cache
@@ -867,9 +903,7 @@ class Engine:
                     break
                 cache.append(tok)
             eval_ns += now() - t
-            tail = "" if stops.stopped else stops.feed(utf8.flush()) + stops.flush()
-            yield from parser.feed(tail) if tail else ()
-            yield from parser.finish()
+            yield from out.finish()
         finally:
             sampler.close()
         metrics.eval_count = count
