@@ -29,6 +29,7 @@ from chatcli.client.remote import (
     http_client,
     post_stream,
     refuse_projector,
+    remote_model,
 )
 from chatcli.core.errors import ChatCliError, ModelNotFoundError, RequestError
 from chatcli.core.events import ContentDelta, Done, Event, Metrics, ThinkingDelta, ToolCall
@@ -97,7 +98,7 @@ class OpenAIClient(ChatClient):
     def resolve(self, name: str) -> ResolvedModel:
         """Check the server lists ``name`` in /v1/models; ModelNotFoundError naming it if not."""
         self._card(name)
-        return ResolvedModel(name=name.strip(), path=Path(name.strip()), source="remote")
+        return remote_model(name)
 
     def chat(
         self,

@@ -56,7 +56,7 @@ class RemoteClient(ChatClient):
     def resolve(self, name: str) -> ResolvedModel:
         """Check the server has ``name``; ModelNotFoundError naming it if not."""
         self._show(name)
-        return ResolvedModel(name=name.strip(), path=Path(name.strip()), source="remote")
+        return remote_model(name)
 
     def chat(
         self,
@@ -203,6 +203,11 @@ def refuse_projector(projector: Path | None) -> None:
     if projector is not None:
         raise NotSupportedError("--mmproj works with local models only; on a server, use "
                                 "a model that has its vision projector")
+
+
+def remote_model(name: str) -> ResolvedModel:
+    """What ``resolve`` gives for a model a server has: its name (no local file)."""
+    return ResolvedModel(name=name.strip(), path=Path(name.strip()), source="remote")
 
 
 def get_list(client: Any, path: str, key: str, kind: str, missing: str | None = None

@@ -234,12 +234,19 @@ def _did_you_mean(name: str, choices: Any) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
+def _is_table(value: Any, key: str, config: FileConfig, path: Path) -> bool:
+    """Whether ``value`` is a TOML table; if not, one problem naming ``[key]``."""
+    if isinstance(value, dict):
+        return True
+    config.problems.append(_problem(path, key, f"must be a table ([{key}]), "
+                                    f"not {_type_name(value)}"))
+    return False
+
+
 def _check_options(value: Any, config: FileConfig, path: Path) -> None:
     from chatcli.core import options as opts_mod
 
-    if not isinstance(value, dict):
-        config.problems.append(_problem(path, "options", f"must be a table ([options]), "
-                                        f"not {_type_name(value)}"))
+    if not _is_table(value, "options", config, path):
         return
     good: dict[str, Any] = {}
     for name, v in value.items():
@@ -256,9 +263,7 @@ def _check_options(value: Any, config: FileConfig, path: Path) -> None:
 
 
 def _check_aliases(value: Any, config: FileConfig, path: Path) -> None:
-    if not isinstance(value, dict):
-        config.problems.append(_problem(path, "aliases", f"must be a table ([aliases]), "
-                                        f"not {_type_name(value)}"))
+    if not _is_table(value, "aliases", config, path):
         return
     good: dict[str, str] = {}
     for name, target in value.items():
@@ -276,9 +281,7 @@ def _check_aliases(value: Any, config: FileConfig, path: Path) -> None:
 def _check_server(value: Any, config: FileConfig, path: Path) -> None:
     from chatcli.core.hosts import parse_host
 
-    if not isinstance(value, dict):
-        config.problems.append(_problem(path, "server", f"must be a table ([server]), "
-                                        f"not {_type_name(value)}"))
+    if not _is_table(value, "server", config, path):
         return
     for name, v in value.items():
         key = f"server.{name}"
